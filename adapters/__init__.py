@@ -1,0 +1,3 @@
+"""adapters package of dflash-mlx."""
+
+import dflash.blas  # noqa: F401  (OpenBLAS before mlx)

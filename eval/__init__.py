@@ -1,0 +1,3 @@
+"""eval package of dflash-mlx."""
+
+import dflash.blas  # noqa: F401  (OpenBLAS before mlx)

@@ -1,0 +1,3 @@
+"""train package of dflash-mlx."""
+
+import dflash.blas  # noqa: F401  (OpenBLAS before mlx)
