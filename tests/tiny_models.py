@@ -1,0 +1,120 @@
+"""Tiny random targets and drafters, saved to disk and loaded through the real loaders.
+
+    uv run python -m tests.tiny_models OUT_DIR    # writes OUT_DIR/{target,draft}
+"""
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import dflash  # noqa: F401  (OpenBLAS before mlx)
+import mlx.core as mx
+from mlx.utils import tree_flatten, tree_map
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from dflash.loading import save_draft
+from dflash.model import DFlashDraftModel, DraftConfig, default_target_layer_ids
+
+VOCAB_SIZE = 512
+SPECIAL_TOKENS = ["<|begin_of_text|>", "<|eot_id|>", "<|mask|>"]
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. def add(a, b): return a + b\n"
+    "Speculative decoding drafts a block of tokens and the target verifies them in one pass. "
+    "for i in range(10): print(i * i)\nA small model proposes; the large model disposes. 0123456789"
+)
+
+
+def write_tokenizer(directory: Path) -> None:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE - 16,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator([TEXT] * 4, trainer)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<|begin_of_text|>",
+        "eos_token": "<|eot_id|>",
+        "chat_template": CHAT_TEMPLATE,
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+def target_config(family: str = "llama", *, tied: bool = True, kv_heads: int = 2, layers: int = 6, **overrides) -> dict:
+    config = {
+        "model_type": family,
+        "hidden_size": 64,
+        "num_hidden_layers": layers,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": kv_heads,
+        "head_dim": 16,
+        "rms_norm_eps": 1e-5,
+        "vocab_size": VOCAB_SIZE,
+        "rope_theta": 10000.0,
+        "max_position_embeddings": 1024,
+        "tie_word_embeddings": tied,
+    }
+    config.update(overrides)
+    return config
+
+
+def save_target(directory, config: dict, seed: int = 0) -> Path:
+    """Build a random mlx-lm model from `config` and save it as an mlx-lm checkpoint."""
+    family = importlib.import_module(f"mlx_lm.models.{config['model_type']}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    mx.random.seed(seed)
+    model = family.Model(family.ModelArgs.from_dict(config))
+    # Larger-than-default weights keep logits far from ties, so greedy choices are clear-cut.
+    model.update(tree_map(lambda w: w * 2.0 if w.ndim == 2 else w, model.parameters()))
+    mx.save_safetensors(str(directory / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    (directory / "config.json").write_text(json.dumps(config))
+    write_tokenizer(directory)
+    return directory
+
+
+def draft_config(target: dict, *, layers: int = 2, block_size: int = 16, **overrides) -> DraftConfig:
+    fields = {
+        "hidden_size": target["hidden_size"],
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "intermediate_size": 128,
+        "vocab_size": target["vocab_size"],
+        "block_size": block_size,
+        "num_target_layers": target["num_hidden_layers"],
+        "target_layer_ids": default_target_layer_ids(target["num_hidden_layers"], layers),
+        "mask_token_id": SPECIAL_TOKENS.index("<|mask|>"),
+        "rope_theta": target["rope_theta"],
+        "max_position_embeddings": target["max_position_embeddings"],
+    }
+    fields.update(overrides)
+    return DraftConfig(**fields)
+
+
+def save_random_draft(directory, config: DraftConfig, seed: int = 1) -> Path:
+    mx.random.seed(seed)
+    draft = DFlashDraftModel(config)
+    mx.eval(draft.parameters())
+    save_draft(draft, directory)
+    return Path(directory)
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "tiny-pair")
+    config = target_config("llama")
+    save_target(out / "target", config)
+    save_random_draft(out / "draft", draft_config(config))
+    print(f"wrote {out / 'target'} and {out / 'draft'}")
