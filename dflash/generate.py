@@ -102,16 +102,20 @@ def speculative_generate_step(
     block_size: Optional[int] = None,
     acceptance=None,
     stats: Optional[GenerationStats] = None,
+    prompt_cache: Optional[list] = None,
 ) -> Generator[List[int], None, None]:
     """Yield the tokens committed by each step: first the target's token after the prompt,
     then, per draft-and-verify step, the accepted proposals plus one target token.
-    Never yields more than `max_tokens` tokens in all; stop tokens are the caller's business."""
+    Never yields more than `max_tokens` tokens in all; stop tokens are the caller's business.
+    `prompt_cache`, if given, is an empty target cache (from `adapter.make_cache()`) that the
+    loop fills, as in mlx-lm: afterwards it holds every committed token but the last."""
     adapter, draft = model.adapter, model.draft
     block_size = block_size or draft.config.block_size
     acceptance = acceptance or GreedyAcceptance()
     stats = stats if stats is not None else GenerationStats()
     layer_ids, mask_id = draft.config.target_layer_ids, draft.config.mask_token_id
-    target_cache, draft_cache = adapter.make_cache(), draft.make_cache()
+    target_cache = prompt_cache if prompt_cache is not None else adapter.make_cache()
+    draft_cache = draft.make_cache()
 
     tic = time.perf_counter()
     logits, context = prefill(model, prompt, target_cache)
@@ -136,15 +140,15 @@ def speculative_generate_step(
         verify_tokens = mx.concatenate([mx.array([last]), proposals])
         final, hidden = adapter.forward(verify_tokens[None], target_cache, layer_ids)
         committed = acceptance.accept(proposals, draft_logits, adapter.lm_head(final)[0])
-        accepted = len(committed) - 1
-        adapter.rollback(target_cache, b - 1 - accepted)
-        # The next draft is conditioned on the target states of the verified positions that
-        # were kept: the previous last token and the accepted proposals.
-        context = hidden[:, : accepted + 1]
+        stats.acceptance_lengths.append(len(committed))
+        # A block of 2 drafted with one token left may commit 2: keep one.
+        committed = committed[: max_tokens - generated]
+        # The cache holds [last, proposals]; keep the positions of [last, accepted proposals].
+        adapter.rollback(target_cache, b - len(committed))
+        # The next draft is conditioned on the target states of those kept positions.
+        context = hidden[:, : len(committed)]
         stats.verify_time += time.perf_counter() - tic
 
-        stats.acceptance_lengths.append(len(committed))
-        committed = committed[: max_tokens - generated]  # only when one token was left
         generated += len(committed)
         last = committed[-1]
         yield committed

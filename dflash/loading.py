@@ -32,6 +32,11 @@ class DFlashModel:
     def block_size(self) -> int:
         return self.draft.config.block_size
 
+    @property
+    def dtype(self) -> str:
+        """The compute dtype (the drafter is cast to the dtype of the target's hidden states)."""
+        return str(self.draft.fc.weight.dtype).removeprefix("mlx.core.")
+
 
 def default_dtype() -> str:
     # On the CPU backend only fp32 matmuls go through BLAS; on Metal keep the checkpoint's dtype.

@@ -1,0 +1,154 @@
+"""`uv run dflash-mlx`: generate with a target and its DFlash drafter.
+
+With no model arguments it runs the offline default pair shipped in dflash/checkpoints.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import blas
+from .errors import DFlashError
+
+CHECKPOINTS = Path(__file__).parent / "checkpoints"
+DEFAULT_TARGET = CHECKPOINTS / "expert"
+DEFAULT_DRAFT = CHECKPOINTS / "expert-dflash"
+DEFAULT_PROMPT = "Write a Python function that returns the n-th Fibonacci number."
+
+# Published pairs: (target, drafter) Hugging Face repo ids.
+PRESETS = {
+    "qwen3-4b": ("Qwen/Qwen3-4B", "z-lab/Qwen3-4B-DFlash-b16"),
+    "qwen3-8b": ("Qwen/Qwen3-8B", "z-lab/Qwen3-8B-DFlash-b16"),
+    "llama3.1-8b": ("meta-llama/Llama-3.1-8B-Instruct", "z-lab/LLaMA3.1-8B-Instruct-DFlash-UltraChat"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dflash-mlx", description=__doc__.strip().splitlines()[0])
+    models = parser.add_argument_group("models")
+    models.add_argument("--target-model", help="mlx-lm target: local directory or Hugging Face repo id")
+    models.add_argument("--draft-model", help="DFlash drafter: local directory or Hugging Face repo id")
+    models.add_argument("--preset", choices=sorted(PRESETS), help="a published target/drafter pair (needs the hub)")
+    models.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="compute dtype; auto: float32 on the CPU backend (the BLAS path), the checkpoint's on Metal")
+    gen = parser.add_argument_group("generation")
+    gen.add_argument("--prompt", default=DEFAULT_PROMPT)
+    gen.add_argument("--max-new-tokens", type=int, default=256)
+    gen.add_argument("--block-size", type=int, help="draft block size (default: the drafter's)")
+    gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
+                     help="apply the target's chat template (default: on)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--stream", action="store_true", help="print text as it is verified")
+    out.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    out.add_argument("--baseline", action="store_true",
+                     help="also run plain mlx-lm greedy decoding; report the speedup and whether tokens match")
+    return parser
+
+
+def resolve_models(args) -> tuple:
+    if args.preset and (args.target_model or args.draft_model):
+        raise DFlashError("give either --preset or --target-model/--draft-model, not both")
+    if args.preset:
+        return PRESETS[args.preset]
+    if bool(args.target_model) != bool(args.draft_model):
+        raise DFlashError("give both --target-model and --draft-model (or neither, for the shipped offline pair)")
+    if args.target_model:
+        return args.target_model, args.draft_model
+    if not (DEFAULT_TARGET.is_dir() and DEFAULT_DRAFT.is_dir()):
+        raise DFlashError(
+            f"the offline default pair is not in {CHECKPOINTS} (it is built by train/, see the README); "
+            "pass --target-model and --draft-model, or --preset"
+        )
+    return str(DEFAULT_TARGET), str(DEFAULT_DRAFT)
+
+
+def run(args) -> dict:
+    from .generate import baseline_generate, encode_prompt, generate, stream_generate
+    from .loading import load
+
+    if args.max_new_tokens < 1:
+        raise DFlashError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    target, draft = resolve_models(args)
+    model, tokenizer = load(target, draft, dtype=args.dtype)
+    prompt_ids = encode_prompt(model, tokenizer, args.prompt, chat=args.chat)
+    options = dict(block_size=args.block_size)
+
+    if args.baseline:  # warm both paths up so neither pays first-call costs in the timing
+        generate(model, tokenizer, prompt_ids, 8, **options)
+        baseline_generate(model, tokenizer, prompt_ids, 8)
+
+    if args.stream and not args.json:
+        tokens, text = [], ""
+        for response in stream_generate(model, tokenizer, prompt_ids, args.max_new_tokens, **options):
+            print(response.text, end="", flush=True)
+            tokens += response.tokens
+            text += response.text
+        print()
+        stats = response.stats
+    else:
+        result = generate(model, tokenizer, prompt_ids, args.max_new_tokens, **options)
+        tokens, text, stats = result.tokens, result.text, result.stats
+
+    report = {
+        "target_model": target,
+        "draft_model": draft,
+        "dtype": model.dtype,
+        "blas": blas.loaded or "reference",
+        "block_size": args.block_size or model.block_size,
+        "text": text,
+        "tokens": tokens,
+        "prompt_tokens": stats.prompt_tokens,
+        "generated_tokens": stats.generated_tokens,
+        "acceptance_lengths": stats.acceptance_lengths,
+        "mean_acceptance": stats.mean_acceptance,
+        "tokens_per_second": stats.generation_tps,
+        "prompt_tokens_per_second": stats.prompt_tps,
+        "draft_time": stats.draft_time,
+        "verify_time": stats.verify_time,
+        "peak_memory_gb": stats.peak_memory_gb,
+    }
+    if args.baseline:
+        baseline_tokens, baseline_tps = baseline_generate(model, tokenizer, prompt_ids, args.max_new_tokens)
+        report.update(
+            baseline_tokens=baseline_tokens,
+            baseline_tokens_per_second=baseline_tps,
+            speedup=stats.generation_tps / baseline_tps if baseline_tps else 0.0,
+            exact=baseline_tokens == tokens,
+        )
+    if not args.stream and not args.json:
+        print(text)
+    return report
+
+
+def summary_line(report: dict) -> str:
+    line = (
+        f"tau {report['mean_acceptance']:.2f} | {report['generated_tokens']} tokens at "
+        f"{report['tokens_per_second']:.1f} tok/s | prompt {report['prompt_tokens']} tokens at "
+        f"{report['prompt_tokens_per_second']:.1f} tok/s | draft {report['draft_time']:.2f} s, verify "
+        f"{report['verify_time']:.2f} s | peak {report['peak_memory_gb']:.3f} GB | {report['dtype']}"
+    )
+    if "speedup" in report:
+        line += (
+            f"\nplain mlx-lm {report['baseline_tokens_per_second']:.1f} tok/s | speedup {report['speedup']:.2f}x | "
+            f"identical tokens: {'yes' if report['exact'] else 'NO'}"
+        )
+    return line
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report = run(args)
+    except DFlashError as e:
+        print(f"dflash-mlx: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(summary_line(report), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
