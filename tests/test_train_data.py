@@ -1,0 +1,110 @@
+"""Prompts from local files, chat formatting, regeneration by the target with its on-disk
+cache and mid-way resume."""
+
+import importlib
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+import dflash  # noqa: F401  (OpenBLAS before mlx)
+from dflash.errors import DFlashError
+from dflash.generate import baseline_generate
+from dflash.loading import DFlashModel
+from tests.tiny_models import TEXT, save_target, target_config
+from train import data
+from train.data import load_prompts, load_sequences, regenerate
+
+
+def write_prompts(path: Path, count: int, seed: int = 0) -> Path:
+    words = TEXT.split()
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(count):
+            start = rng.randrange(len(words) - 8)
+            f.write(json.dumps({"prompt": " ".join(words[start : start + rng.randrange(3, 8)])}) + "\n")
+    return path
+
+
+def make_tiny_data(directory: Path, family: str = "llama", prompts: int = 24, max_tokens: int = 40) -> tuple:
+    """A tiny random target of `family` and its regenerated data. Returns (target, data) paths."""
+    target = save_target(directory / f"{family}-target", target_config(family))
+    prompts_file = write_prompts(directory / "prompts.jsonl", prompts)
+    data_dir = regenerate(
+        str(target), str(prompts_file), str(directory / f"{family}-data"), max_tokens=max_tokens, batch_size=8
+    )
+    return target, data_dir
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_data(tmp_path_factory.mktemp("data"))
+
+
+def test_prompts_from_local_files(tmp_path):
+    (tmp_path / "chats.jsonl").write_text(
+        json.dumps({"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]}) + "\n"
+        + json.dumps({"conversations": [{"from": "human", "value": "hello"}]}) + "\n"
+    )  # fmt: skip
+    assert load_prompts(str(tmp_path / "chats.jsonl")) == ["hi", ""]  # column "messages" found first
+    (tmp_path / "alpaca.jsonl").write_text(json.dumps({"instruction": "Sum", "input": "1 2", "output": "3"}) + "\n")
+    assert load_prompts(str(tmp_path / "alpaca.jsonl")) == ["Sum\n\n1 2"]
+    text_dir = tmp_path / "texts"
+    text_dir.mkdir()
+    (text_dir / "a.txt").write_text("one\ntwo\n")
+    (text_dir / "b.txt").write_text("three\n")
+    assert load_prompts(str(text_dir), limit=2) == ["one", "two"]
+    with pytest.raises(DFlashError, match="no column 'question'"):
+        load_prompts(str(tmp_path / "alpaca.jsonl"), field="question")
+    with pytest.raises(DFlashError, match="not found|cannot load"):
+        load_prompts(str(tmp_path / "missing.jsonl"))
+
+
+def test_responses_are_the_targets_greedy_answers(tiny):
+    target, data_dir = tiny
+    meta = json.loads((data_dir / "meta.json").read_text())
+    assert meta["chat"] and meta["temperature"] == 0.0
+    model, tokenizer, adapter = data.load_training_target(str(target))
+    stops = adapter.stop_tokens(tokenizer)
+    sequences = load_sequences(str(data_dir))
+    assert len(sequences) >= 20
+    for sequence in sequences[:3]:
+        # The chat template's own text, as `dflash.generate(..., chat=True)` formats it.
+        assert tokenizer.decode(sequence.prompt_ids).startswith("<|begin_of_text|><|user|>")
+        plain, _ = baseline_generate(DFlashModel(model, adapter, None), tokenizer, sequence.prompt_ids, 40)
+        stopped = sequence.response_ids[-1] in stops
+        assert sequence.response_ids == plain + sequence.response_ids[-1:] * stopped
+
+
+def test_rerun_reuses_the_cache_and_resumes_a_killed_run(tiny, tmp_path, monkeypatch):
+    target, data_dir = tiny
+    meta = json.loads((data_dir / "meta.json").read_text())
+    complete = (data_dir / "responses.jsonl").read_text()
+
+    # A run killed after its first batch, in the middle of writing the second.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    (resumed / "meta.json").write_text(json.dumps(meta))
+    lines = complete.splitlines(True)
+    (resumed / "responses.jsonl").write_text("".join(lines[:8]) + lines[8][:20])
+    regenerate(str(target), meta["prompts"], str(resumed), max_tokens=40, batch_size=8)
+    assert (resumed / "responses.jsonl").read_text() == complete
+
+    monkeypatch.setattr(importlib.import_module("mlx_lm.generate"), "BatchGenerator", None)  # no generating
+    regenerate(str(target), meta["prompts"], str(data_dir), max_tokens=40, batch_size=8)
+    assert (data_dir / "responses.jsonl").read_text() == complete
+
+    with pytest.raises(DFlashError, match="other settings .*max_tokens"):
+        regenerate(str(target), meta["prompts"], str(data_dir), max_tokens=50, batch_size=8)
+
+
+def test_sampled_responses(tiny, tmp_path):
+    target, data_dir = tiny
+    prompts = json.loads((data_dir / "meta.json").read_text())["prompts"]
+    sampled = regenerate(
+        str(target), prompts, str(tmp_path / "sampled"), limit=8, max_tokens=20, temperature=1.0, seed=3
+    )
+    greedy = {s.index: s.response_ids for s in load_sequences(str(data_dir))}
+    answers = {s.index: s.response_ids for s in load_sequences(str(sampled))}
+    assert any(answers[i] != greedy[i][: len(answers[i])] for i in answers)

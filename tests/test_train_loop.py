@@ -1,0 +1,109 @@
+"""The training loop on tiny targets: the loss falls, the drafter it writes decodes
+losslessly, a SIGKILLed run resumes bit-identically, precomputed hidden states train the same."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+
+import dflash
+from dflash.errors import DFlashError
+from dflash.generate import baseline_generate, encode_prompt
+from tests.test_train_data import make_tiny_data
+from train.dflash_train import TrainConfig, train
+from train.hidden_states import precompute
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    return make_tiny_data(tmp_path_factory.mktemp("llama"), "llama")
+
+
+def tiny_config(target, data_dir, out, **overrides) -> TrainConfig:
+    settings = dict(
+        target=str(target), data=str(data_dir), out=str(out), draft_layers=2, block_size=8, anchors=64,
+        epochs=3, batch_size=4, lr=3e-3, eval_prompts=2, eval_every=1000, eval_max_tokens=24, wandb="disabled",
+    )  # fmt: skip
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def metrics(run_dir: Path) -> list:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(directory: Path) -> dict:
+    return mx.load(str(directory / "model.safetensors"))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_loss_falls_and_the_drafter_decodes_losslessly(family, llama, tmp_path, monkeypatch):
+    target, data_dir = llama if family == "llama" else make_tiny_data(tmp_path, family)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    config = tiny_config(target, data_dir, tmp_path / "run", wandb="disabled" if family == "llama" else "offline")
+    drafter = train(config)
+
+    losses = [m["loss"] for m in metrics(tmp_path / "run")]
+    assert len(losses) == 3 * (22 // 4)
+    assert sum(losses[-3:]) / 3 < 0.5 * losses[0]
+    assert "tau" in metrics(tmp_path / "run")[-1]
+    if family == "qwen3":
+        assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+
+    # The drafter is in the published format and the real decode loop reproduces greedy decoding.
+    model, tokenizer = dflash.load(str(target), str(drafter))
+    assert model.draft.config.target_layer_ids == model.adapter.default_layer_ids(2)
+    prompt = "Speculative decoding drafts a block"
+    result = dflash.generate(model, tokenizer, prompt, max_tokens=30, chat=True)
+    prompt_ids = encode_prompt(model, tokenizer, prompt, chat=True)
+    assert result.tokens == baseline_generate(model, tokenizer, prompt_ids, 30)[0]
+
+
+def test_sigkill_then_resume_is_bit_identical(llama, tmp_path):
+    target, data_dir = llama
+    steps = 3 * (22 // 4)
+    reference = train(tiny_config(target, data_dir, tmp_path / "reference", save_every=3))
+
+    run = tmp_path / "killed"
+    command = [sys.executable, "-m", "train.cli", "run", "--target", str(target), "--data", str(data_dir),
+               "--out", str(run), "--draft-layers", "2", "--block-size", "8", "--anchors", "64", "--epochs", "3",
+               "--batch-size", "4", "--lr", "3e-3", "--eval-prompts", "2", "--eval-every", "1000",
+               "--eval-max-tokens", "24", "--wandb", "disabled", "--save-every", "3"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (run / "checkpoints" / "step_00000003").exists() and process.poll() is None:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    done = len(metrics(run))
+    assert 3 <= done < steps, "the run should have been killed part-way"
+    (run / "checkpoints" / "step_00000099.partial").mkdir()  # as if killed while saving
+
+    with pytest.raises(DFlashError, match="other settings .*lr"):
+        train(tiny_config(target, data_dir, run, save_every=3, lr=1e-3))
+    resumed = train(tiny_config(target, data_dir, run, save_every=3))
+    assert [m["step"] for m in metrics(run)] == list(range(1, steps + 1))
+    assert [m["loss"] for m in metrics(run)] == [m["loss"] for m in metrics(tmp_path / "reference")]
+    final, expected = weights(resumed), weights(reference)
+    assert all(mx.array_equal(final[k], expected[k]).item() for k in expected)
+    assert not (run / "checkpoints" / "step_00000099.partial").exists()
+
+
+def test_precomputed_hidden_states_train_the_same(llama, tmp_path):
+    target, data_dir = llama
+    config = tiny_config(target, data_dir, tmp_path / "on-the-fly", max_steps=3, eval_prompts=0)
+    on_the_fly = train(config)
+    shards = precompute(str(target), str(data_dir), str(tmp_path / "hidden"), 2, None, config.max_length, shard_size=8)
+    from_shards = train(replace(config, out=str(tmp_path / "from-shards"), hidden_states=str(shards)))
+    a, b = weights(on_the_fly), weights(from_shards)
+    assert all(mx.array_equal(a[k], b[k]).item() for k in a)
+
+    with pytest.raises(DFlashError, match="other settings .*target_layer_ids"):
+        train(replace(config, out=str(tmp_path / "bad"), hidden_states=str(shards), target_layer_ids=[1, 2]))

@@ -1,0 +1,75 @@
+"""How one sequence becomes a batch of training blocks (DESIGN.md section 1, training recipe).
+
+Each anchor position inside the response starts a block: the anchor token is given, the
+B - 1 positions after it are masks whose labels are the sequence's next tokens. A block sees
+the context features of the positions strictly before its anchor and every position of its
+own block; blocks never see each other. All blocks of a sequence run in one drafter pass,
+blocks on the batch axis.
+"""
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+
+
+def default_gamma(block_size: int) -> float:
+    """The paper's loss-weight decay: 4 for B=8, 5 for B=10, 7 for B=16; linear between and beyond."""
+    if block_size <= 10:
+        return 4.0 + (block_size - 8) / 2
+    return 5.0 + (block_size - 10) / 3
+
+
+def loss_weights(block_size: int, gamma: float) -> np.ndarray:
+    """w_k = exp(-(k - 1) / gamma) for the predicted block positions k = 1..B-1."""
+    return np.exp(-np.arange(block_size - 1) / gamma).astype(np.float32)
+
+
+def sample_anchors(rng: np.random.Generator, prompt_len: int, seq_len: int, count: int) -> np.ndarray:
+    """Up to `count` distinct sorted anchors in the response, each with at least one label after it."""
+    candidates = np.arange(prompt_len, seq_len - 1)
+    if len(candidates) <= count:
+        return candidates
+    return np.sort(rng.choice(candidates, size=count, replace=False))
+
+
+@dataclass
+class Blocks:
+    tokens: mx.array  # [N, B] anchor token then mask tokens
+    anchors: mx.array  # [N] position of each block's first token
+    mask: mx.array  # [N, 1, B, S + B] what each block position may attend to
+    labels: mx.array  # [N, B - 1] the tokens after each anchor
+    weights: mx.array  # [N, B - 1] loss weight, 0 past the end of the sequence
+
+
+def make_blocks(tokens: np.ndarray, anchors: np.ndarray, block_size: int, mask_token_id: int, gamma: float) -> Blocks:
+    seq_len, n = len(tokens), len(anchors)
+    positions = anchors[:, None] + np.arange(block_size)[None]  # [N, B]
+    block_tokens = np.full((n, block_size), mask_token_id, dtype=np.int32)
+    block_tokens[:, 0] = tokens[anchors]
+    label_positions = positions[:, 1:]
+    inside = label_positions < seq_len
+    labels = tokens[np.minimum(label_positions, seq_len - 1)]
+    weights = loss_weights(block_size, gamma)[None] * inside
+    context_visible = np.arange(seq_len)[None] < anchors[:, None]  # [N, S]
+    mask = np.concatenate(
+        [np.repeat(context_visible[:, None], block_size, axis=1), np.ones((n, block_size, block_size), dtype=bool)],
+        axis=-1,
+    )
+    return Blocks(
+        tokens=mx.array(block_tokens),
+        anchors=mx.array(anchors.astype(np.int32)),
+        mask=mx.array(mask[:, None]),
+        labels=mx.array(labels.astype(np.int32)),
+        weights=mx.array(weights.astype(np.float32)),
+    )
+
+
+def anchor_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """Anchors depend only on (seed, epoch, sequence): resampled every epoch, identical after a
+    resume and on whichever rank the sequence lands."""
+    return np.random.default_rng([seed, epoch, index])
+
+
+def epoch_order(seed: int, epoch: int, num_sequences: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(num_sequences)

@@ -1,0 +1,272 @@
+"""Train a DFlash drafter for a target (the paper's recipe, DESIGN.md section 1).
+
+Each optimizer step takes `batch_size` regenerated sequences (split over the data-parallel
+ranks). Per sequence: the frozen target computes its tapped hidden states, random anchors are
+drawn in the response, and every block of the sequence trains in one drafter pass. The loss
+is the weighted cross-entropy over all predicted block positions of the step's sequences.
+"""
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_map
+from tqdm import tqdm
+
+from dflash.errors import DFlashError
+from dflash.generate import generate
+from dflash.loading import DFlashModel, check_pair, save_draft
+from dflash.model import DFlashDraftModel, DraftConfig
+
+from . import checkpoint
+from .blocks import anchor_rng, default_gamma, epoch_order, make_blocks, sample_anchors
+from .data import load_sequences, load_training_target
+from .hidden_states import HiddenStateShards, target_hidden
+
+MASK_TOKEN_NAMES = ("<|mask|>", "<|MASK|>", "<mask>", "[MASK]")
+# Settings a resumed run must share with the run it continues; the others may change.
+TRAJECTORY_FIELDS = (
+    "target", "data", "draft_layers", "block_size", "target_layer_ids", "mask_token_id", "anchors", "gamma",
+    "max_length", "epochs", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "seed", "eval_prompts",
+)  # fmt: skip
+
+
+@dataclass
+class TrainConfig:
+    target: str
+    data: str
+    out: str
+    hidden_states: Optional[str] = None  # precomputed shards instead of running the target
+    draft_layers: int = 1
+    block_size: int = 16
+    target_layer_ids: Optional[List[int]] = None  # default: the published rule
+    mask_token_id: Optional[int] = None  # default: a mask token of the vocabulary, else the first unused id
+    anchors: int = 512  # per sequence, resampled every epoch
+    gamma: Optional[float] = None  # default: from the block size
+    max_length: int = 3072
+    epochs: int = 6
+    batch_size: int = 8  # sequences per optimizer step, over all ranks
+    max_steps: Optional[int] = None  # stop early; the schedule still spans all epochs
+    lr: float = 6e-4
+    warmup: float = 0.04
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    eval_every: int = 100
+    eval_prompts: int = 8  # the last sequences of the data, held out
+    eval_max_tokens: int = 128
+    wandb: str = "offline"  # offline | online | disabled
+    wandb_project: str = "dflash-mlx"
+
+
+def choose_mask_token(tokenizer, adapter, requested: Optional[int]) -> int:
+    if requested is not None:
+        return requested  # check_pair says if it is outside the vocabulary
+    vocab = tokenizer.get_vocab()
+    for name in MASK_TOKEN_NAMES:
+        if name in vocab:
+            return vocab[name]
+    # The published Qwen3 drafters use the first embedding row that no token uses.
+    unused = max(vocab.values()) + 1
+    if unused < adapter.vocab_size:
+        return unused
+    raise DFlashError("the target's vocabulary has no mask token and no unused embedding row; pass --mask-token-id")
+
+
+def make_draft_config(config: TrainConfig, adapter, tokenizer) -> DraftConfig:
+    """Attention and MLP shapes follow the target, as in the published drafters."""
+    args = adapter.model.args
+    optional = {
+        name: getattr(args, name)
+        for name in ("head_dim", "rms_norm_eps", "rope_theta", "rope_scaling", "max_position_embeddings")
+        if getattr(args, name, None) is not None
+    }
+    draft_config = DraftConfig(
+        hidden_size=adapter.hidden_size,
+        num_hidden_layers=config.draft_layers,
+        num_attention_heads=args.num_attention_heads,
+        num_key_value_heads=args.num_key_value_heads or args.num_attention_heads,
+        intermediate_size=args.intermediate_size,
+        vocab_size=adapter.vocab_size,
+        block_size=config.block_size,
+        num_target_layers=adapter.num_layers,
+        target_layer_ids=config.target_layer_ids or adapter.default_layer_ids(config.draft_layers),
+        mask_token_id=choose_mask_token(tokenizer, adapter, config.mask_token_id),
+        **optional,
+    )
+    check_pair(adapter, draft_config)
+    return draft_config
+
+
+def lr_schedule(config: TrainConfig, total_steps: int):
+    warmup = round(config.warmup * total_steps)
+    cosine = optim.cosine_decay(config.lr, max(total_steps - warmup, 1))
+    if warmup == 0:
+        return cosine
+    ramp = optim.linear_schedule(config.lr / warmup, config.lr, max(warmup - 1, 1))
+    return optim.join_schedules([ramp, cosine], [warmup])
+
+
+def block_loss(draft, adapter, blocks, hidden):
+    """Sum of weighted cross-entropies over the blocks' predicted positions, and the number of
+    correct top-1 predictions among the positions with a label."""
+    out = draft(adapter.embed(blocks.tokens), hidden, block_offset=blocks.anchors, mask=blocks.mask)
+    logits = adapter.lm_head(out[:, 1:])
+    loss = (nn.losses.cross_entropy(logits, blocks.labels) * blocks.weights).sum()
+    correct = ((logits.argmax(-1) == blocks.labels) * (blocks.weights > 0)).sum()
+    return loss, correct
+
+
+def broadcast_from_rank0(tree, group):
+    if group.size() == 1:
+        return tree
+    return tree_map(lambda x: mx.distributed.all_sum(x if group.rank() == 0 else mx.zeros_like(x), group=group), tree)
+
+
+def evaluate_tau(model: DFlashModel, tokenizer, sequences, max_tokens: int) -> float:
+    """Mean acceptance length of the real decode loop on held-out prompts (greedy)."""
+    lengths = []
+    for sequence in sequences:
+        lengths += generate(model, tokenizer, sequence.prompt_ids, max_tokens).stats.acceptance_lengths
+    return sum(lengths) / max(len(lengths), 1)
+
+
+def start_wandb(config: TrainConfig, run_id: Optional[str]):
+    if config.wandb == "disabled":
+        return None
+    import wandb
+
+    return wandb.init(
+        project=config.wandb_project, dir=config.out, mode=config.wandb, config=asdict(config),
+        id=run_id, resume="allow",
+    )  # fmt: skip
+
+
+def train(config: TrainConfig) -> Path:
+    group = mx.distributed.init()
+    rank, world = group.rank(), group.size()
+    if config.batch_size % world:
+        raise DFlashError(f"batch size {config.batch_size} does not split evenly over {world} ranks")
+    out = Path(config.out)
+    target, tokenizer, adapter = load_training_target(config.target)
+    sequences = load_sequences(config.data, config.max_length)
+    if len(sequences) <= config.eval_prompts:
+        raise DFlashError(f"{len(sequences)} sequences leave none to train on after {config.eval_prompts} held out")
+    train_sequences = sequences[: len(sequences) - config.eval_prompts]
+    eval_sequences = sequences[len(sequences) - config.eval_prompts :]
+    steps_per_epoch = len(train_sequences) // config.batch_size
+    if steps_per_epoch == 0:
+        raise DFlashError(f"{len(train_sequences)} training sequences do not fill one batch of {config.batch_size}")
+    total_steps = config.epochs * steps_per_epoch
+    last_step = min(total_steps, config.max_steps or total_steps)
+
+    draft_config = make_draft_config(config, adapter, tokenizer)
+    config.target_layer_ids, config.mask_token_id = draft_config.target_layer_ids, draft_config.mask_token_id
+    config.gamma = config.gamma or default_gamma(config.block_size)
+    layer_ids = draft_config.target_layer_ids
+    shards = None
+    if config.hidden_states:
+        shards = HiddenStateShards(config.hidden_states, config.data, layer_ids, config.max_length)
+
+    def hidden_states_of(sequence):
+        return shards(sequence.index) if shards else target_hidden(adapter, sequence.tokens, layer_ids)
+
+    mx.random.seed(config.seed)
+    draft = DFlashDraftModel(draft_config)
+    optimizer = optim.AdamW(learning_rate=lr_schedule(config, total_steps), weight_decay=config.weight_decay)
+    optimizer.init(draft.trainable_parameters())
+
+    step, run_id = 0, None
+    if rank == 0:
+        checkpoint.remove_partial_checkpoints(out)
+        latest = checkpoint.latest_checkpoint(out)
+        if latest is not None:
+            state = checkpoint.load_checkpoint(latest, draft, optimizer)
+            changed = [k for k in TRAJECTORY_FIELDS if state["config"][k] != asdict(config)[k]]
+            if changed:
+                raise DFlashError(f"{out} holds a run with other settings ({', '.join(changed)}); use another --out")
+            step, run_id = state["step"], state["wandb_run_id"]
+            print(f"resuming from {latest} at step {step}")
+    draft.update(broadcast_from_rank0(draft.parameters(), group))
+    optimizer.state = broadcast_from_rank0(optimizer.state, group)
+    step = int(broadcast_from_rank0(mx.array(step), group).item())
+    mx.eval(draft.parameters(), optimizer.state)
+
+    metrics_file, run = out / "metrics.jsonl", None
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        # Keep the history up to the resumed step; later lines came from steps being redone.
+        if metrics_file.exists():
+            kept = [line for line in metrics_file.read_text().splitlines(True) if json.loads(line)["step"] <= step]
+            metrics_file.write_text("".join(kept))
+        run = start_wandb(config, run_id)
+        run_id = run.id if run is not None else None
+    eval_model = DFlashModel(target, adapter, draft)
+    loss_and_grad = nn.value_and_grad(draft, block_loss)
+
+    progress = tqdm(total=last_step, initial=step, desc="train", unit="step", disable=rank != 0)
+    while step < last_step:
+        tic = time.perf_counter()
+        epoch, position = divmod(step, steps_per_epoch)
+        order = epoch_order(config.seed, epoch, len(train_sequences))
+        batch = order[position * config.batch_size : (position + 1) * config.batch_size][rank::world]
+
+        grads, totals = None, mx.zeros(4)  # weighted loss, weight, correct, labelled positions
+        for i in batch:
+            sequence = train_sequences[i]
+            tokens = np.array(sequence.tokens)
+            rng = anchor_rng(config.seed, epoch, sequence.index)
+            anchors = sample_anchors(rng, len(sequence.prompt_ids), len(tokens), config.anchors)
+            blocks = make_blocks(tokens, anchors, config.block_size, draft_config.mask_token_id, config.gamma)
+            (loss, correct), seq_grads = loss_and_grad(draft, adapter, blocks, hidden_states_of(sequence))
+            grads = seq_grads if grads is None else tree_map(mx.add, grads, seq_grads)
+            totals = totals + mx.stack([loss, blocks.weights.sum(), correct, (blocks.weights > 0).sum()])
+            mx.eval(grads, totals)
+
+        totals = mx.distributed.all_sum(totals, group=group) if world > 1 else totals
+        # average_gradients divides the ranks' sum by `world`; scaling first makes the result
+        # the gradient of the loss averaged over every weighted position of the global batch.
+        grads = nn.average_gradients(tree_map(lambda g: g * (world / totals[1]), grads), group=group)
+        grads, grad_norm = optim.clip_grad_norm(grads, config.grad_clip)
+        optimizer.update(draft, grads)
+        mx.eval(draft.parameters(), optimizer.state, grad_norm)
+        step += 1
+
+        loss, weight, correct, labelled = totals.tolist()
+        record = {"step": step, "epoch": epoch, "loss": loss / weight, "accuracy": correct / labelled,
+                  "lr": optimizer.learning_rate.item(), "grad_norm": grad_norm.item(), "ranks": world,
+                  "step_time": time.perf_counter() - tic}  # fmt: skip
+        if rank == 0:
+            if config.eval_prompts and (step % config.eval_every == 0 or step == last_step):
+                record["tau"] = evaluate_tau(eval_model, tokenizer, eval_sequences, config.eval_max_tokens)
+            with open(metrics_file, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if run is not None:
+                run.log(record, step=step)
+            if step % config.save_every == 0 or step == last_step:
+                state = {
+                    "step": step,
+                    "epoch": epoch,
+                    "seed": config.seed,
+                    "config": asdict(config),
+                    "wandb_run_id": run_id,
+                }
+                checkpoint.save_checkpoint(out, step, draft, optimizer, state, config.keep_checkpoints)
+            progress.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.2f}")
+            progress.update(1)
+    progress.close()
+
+    drafter_dir = out / "drafter"
+    if rank == 0:
+        save_draft(draft, drafter_dir)
+        if run is not None:
+            run.finish()
+    return drafter_dir
