@@ -1,0 +1,257 @@
+"""The speed and exactness benchmark: plain mlx-lm greedy decoding, DFlash, and mlx-lm's own
+draft-model speculative decoding, run on the same target in the same process.
+
+`run_benchmark` times every method on every prompt (warmup first, methods interleaved per
+repeat) and `analyse` turns the runs into the figures of report.json.
+"""
+
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable, Dict, List, Optional
+
+import mlx.core as mx
+from tqdm import tqdm
+
+from dflash.generate import baseline_generate, encode_prompt, generate
+from dflash.loading import DFlashModel
+
+from .exactness import divergence_record
+from .suites import Prompt
+
+PLAIN, DFLASH, MLX_SPECULATIVE = "plain", "dflash", "mlx_speculative"
+METHOD_NAMES = {PLAIN: "plain mlx-lm", DFLASH: "DFlash", MLX_SPECULATIVE: "mlx-lm speculative"}
+
+
+@dataclass
+class Run:
+    """One generation by one method. Times exclude the prompt (from the first token on)."""
+
+    tokens: List[int]
+    generation_time: float
+    acceptance_lengths: List[int] = field(default_factory=list)  # tokens committed per verify step
+    draft_time: Optional[float] = None  # DFlash only: mlx-lm does not split its steps
+    verify_time: Optional[float] = None
+    peak_memory_gb: float = 0.0
+
+
+def run_plain(model: DFlashModel, tokenizer, prompt_ids: List[int], max_tokens: int) -> Run:
+    mx.reset_peak_memory()
+    tokens, tokens_per_second = baseline_generate(model, tokenizer, prompt_ids, max_tokens)
+    elapsed = len(tokens) / tokens_per_second if tokens_per_second else 0.0
+    return Run(tokens, elapsed, peak_memory_gb=mx.get_peak_memory() / 1e9)
+
+
+def run_dflash(model: DFlashModel, tokenizer, prompt_ids: List[int], max_tokens: int, block_size: Optional[int]) -> Run:
+    result = generate(model, tokenizer, prompt_ids, max_tokens, block_size=block_size)
+    stats = result.stats
+    return Run(
+        result.tokens,
+        stats.generation_time,
+        list(stats.acceptance_lengths),
+        stats.draft_time,
+        stats.verify_time,
+        stats.peak_memory_gb,
+    )
+
+
+def run_mlx_speculative(
+    model: DFlashModel, tokenizer, draft_model, prompt_ids: List[int], max_tokens: int, num_draft_tokens: int
+) -> Run:
+    """mlx-lm's speculative_generate_step, timed and cut at stop tokens as baseline_generate does."""
+    from mlx_lm.generate import speculative_generate_step
+
+    stop_tokens = model.adapter.stop_tokens(tokenizer)
+    mx.reset_peak_memory()
+    steps = speculative_generate_step(
+        mx.array(prompt_ids), model.target, draft_model, num_draft_tokens=num_draft_tokens, max_tokens=max_tokens
+    )
+    tokens, lengths, step_length, tic = [], [], 0, None
+    for token, _, from_draft in steps:
+        if tic is None:
+            tic = time.perf_counter()
+        step_length += 1
+        # Each verify step yields its accepted draft tokens, then one token of the target's.
+        if not from_draft:
+            lengths.append(step_length)
+            step_length = 0
+        if token in stop_tokens:
+            break
+        tokens.append(token)
+    elapsed = time.perf_counter() - tic
+    steps.close()
+    if step_length:  # the generation ended inside a step
+        lengths.append(step_length)
+    return Run(tokens, elapsed, lengths, peak_memory_gb=mx.get_peak_memory() / 1e9)
+
+
+def run_benchmark(
+    model: DFlashModel,
+    tokenizer,
+    prompts: List[Prompt],
+    *,
+    max_tokens: int,
+    repeats: int,
+    warmup: int,
+    chat: bool,
+    block_size: Optional[int] = None,
+    mlx_draft_model=None,
+    num_draft_tokens: int = 3,
+) -> dict:
+    """Every method on every prompt, `repeats` times. Returns the prompts' token ids and
+    runs[method][repeat][prompt index]."""
+    methods: Dict[str, Callable[[List[int]], Run]] = {
+        PLAIN: partial(run_plain, model, tokenizer, max_tokens=max_tokens),
+        DFLASH: partial(run_dflash, model, tokenizer, max_tokens=max_tokens, block_size=block_size),
+    }
+    if mlx_draft_model is not None:
+        methods[MLX_SPECULATIVE] = partial(
+            run_mlx_speculative,
+            model,
+            tokenizer,
+            mlx_draft_model,
+            max_tokens=max_tokens,
+            num_draft_tokens=num_draft_tokens,
+        )
+    prompt_ids = [encode_prompt(model, tokenizer, prompt.prompt, chat) for prompt in prompts]
+    names = list(methods)
+
+    for _ in range(warmup):
+        for name in names:
+            methods[name](prompt_ids[0])
+
+    runs = {name: [[None] * len(prompts) for _ in range(repeats)] for name in names}
+    with tqdm(total=repeats * len(prompts) * len(names), desc="bench", unit="run") as progress:
+        for repeat in range(repeats):
+            # Methods run back to back on each prompt, in a rotated order on each repeat, so
+            # that thermal or load drift hits every method alike.
+            order = names[repeat % len(names) :] + names[: repeat % len(names)]
+            for index, ids in enumerate(prompt_ids):
+                for name in order:
+                    runs[name][repeat][index] = methods[name](ids)
+                    progress.update()
+    return {"prompt_ids": prompt_ids, "runs": runs}
+
+
+def analyse(model: DFlashModel, tokenizer, prompts: List[Prompt], benchmark: dict, tie_gap: float) -> dict:
+    """The figures of report.json: per method over all prompts, per suite/category group and
+    per prompt, with the exactness of every method against plain decoding."""
+    prompt_ids, runs = benchmark["prompt_ids"], benchmark["runs"]
+    stop_tokens = model.adapter.stop_tokens(tokenizer)
+    # Greedy decoding is deterministic: the first repeat's tokens stand for all of them.
+    divergences = {
+        name: [
+            divergence_record(
+                model.target, tokenizer, ids, runs[PLAIN][0][i].tokens, runs[name][0][i].tokens, stop_tokens, tie_gap
+            )
+            for i, ids in enumerate(prompt_ids)
+        ]
+        for name in runs
+        if name != PLAIN
+    }
+
+    def figures(indices: List[int]) -> dict:
+        return {name: method_figures(runs, name, indices, divergences.get(name)) for name in runs}
+
+    groups = {}
+    for index, prompt in enumerate(prompts):
+        groups.setdefault(prompt.suite, []).append(index)
+        if prompt.category:
+            groups.setdefault(prompt.group, []).append(index)
+
+    per_prompt = []
+    for index, prompt in enumerate(prompts):
+        record = {
+            "id": prompt.id,
+            "suite": prompt.suite,
+            "category": prompt.category,
+            "prompt_tokens": len(prompt_ids[index]),
+            "text": tokenizer.decode(runs[PLAIN][0][index].tokens),
+            "methods": figures([index]),
+        }
+        for name, records in divergences.items():
+            record["methods"][name]["divergence"] = records[index]
+        per_prompt.append(record)
+
+    return {
+        "methods": figures(list(range(len(prompts)))),
+        "groups": {group: {"prompts": len(indices), "methods": figures(indices)} for group, indices in groups.items()},
+        "prompts": per_prompt,
+    }
+
+
+def method_figures(runs: dict, name: str, indices: List[int], divergences: Optional[list]) -> dict:
+    """Speed, acceptance and exactness of one method over the prompts `indices`. Speeds are
+    suite-level (all tokens over all time) per repeat, then median/min/max over repeats."""
+    repeats = range(len(runs[name]))
+    tokens = [sum(len(runs[name][r][i].tokens) for i in indices) for r in repeats]
+    times = [sum(runs[name][r][i].generation_time for i in indices) for r in repeats]
+    plain_tokens = [sum(len(runs[PLAIN][r][i].tokens) for i in indices) for r in repeats]
+    plain_times = [sum(runs[PLAIN][r][i].generation_time for i in indices) for r in repeats]
+    tokens_per_second = [ratio(n, t) for n, t in zip(tokens, times)]
+    plain_tokens_per_second = [ratio(n, t) for n, t in zip(plain_tokens, plain_times)]
+    figures = {
+        "generated_tokens": tokens[0],
+        "tokens_per_second": spread(tokens_per_second),
+        "peak_memory_gb": max(runs[name][r][i].peak_memory_gb for r in repeats for i in indices),
+    }
+    if name == PLAIN:
+        return figures
+
+    figures["speedup"] = spread([ratio(a, b) for a, b in zip(tokens_per_second, plain_tokens_per_second)])
+    lengths = [length for i in indices for length in runs[name][0][i].acceptance_lengths]
+    tau = ratio(sum(lengths), len(lengths))
+    figures["steps"] = len(lengths)
+    figures["mean_acceptance"] = tau
+    figures["acceptance_histogram"] = {str(k): v for k, v in sorted(Counter(lengths).items())}
+    figures["exact_match_rate"] = sum(divergences[i] is None for i in indices) / len(indices)
+
+    if lengths and runs[name][0][indices[0]].draft_time is not None:
+        figures.update(step_costs(runs[name], indices, plain_tokens, plain_times, tau))
+    return figures
+
+
+def step_costs(method_runs: list, indices: List[int], plain_tokens: list, plain_times: list, tau: float) -> dict:
+    """DFlash's mean draft, verify and other (detokenising, stop checks) time per step against plain
+    decoding's time per token, medians over repeats, and the speedup that tau and the draft
+    and verify costs imply if the rest of the loop cost nothing."""
+    draft, verify, other, plain_token = [], [], [], []
+    for repeat, runs in enumerate(method_runs):
+        steps = sum(len(runs[i].acceptance_lengths) for i in indices)
+        draft_time = sum(runs[i].draft_time for i in indices)
+        verify_time = sum(runs[i].verify_time for i in indices)
+        generation_time = sum(runs[i].generation_time for i in indices)
+        draft.append(draft_time / steps)
+        verify.append(verify_time / steps)
+        other.append((generation_time - draft_time - verify_time) / steps)
+        plain_token.append(ratio(plain_times[repeat], plain_tokens[repeat]))
+    draft, verify, other, plain_token = (median_of(values) for values in (draft, verify, other, plain_token))
+    return {
+        "draft_ms_per_step": draft * 1000,
+        "verify_ms_per_step": verify * 1000,
+        "other_ms_per_step": other * 1000,
+        "plain_ms_per_token": plain_token * 1000 if plain_token else None,
+        "ideal_speedup": tau * plain_token / (draft + verify) if plain_token else None,
+    }
+
+
+def ratio(numerator: float, denominator: float) -> Optional[float]:
+    return numerator / denominator if denominator else None
+
+
+def median_of(values) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def spread(values: List[Optional[float]]) -> dict:
+    """Median, min and max over repeats, and the per-repeat values."""
+    known = [v for v in values if v is not None]
+    return {
+        "median": statistics.median(known) if known else None,
+        "min": min(known) if known else None,
+        "max": max(known) if known else None,
+        "repeats": values,
+    }

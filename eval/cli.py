@@ -1,0 +1,179 @@
+"""`dflash-eval`: one subcommand per benchmark kind.
+
+    dflash-eval bench --suite offline --out runs/bench     # speed + exactness report
+
+A new kind is a function that adds its subparser and sets `run`, listed in SUBCOMMANDS.
+"""
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import mlx.core as mx
+
+import dflash
+from dflash.cli import DEFAULT_DRAFT, DEFAULT_TARGET
+from dflash.errors import DFlashError
+from dflash.loading import DTYPES, load_target
+
+from .bench import METHOD_NAMES, analyse, run_benchmark
+from .environment import environment
+from .exactness import TIE_GAP
+from .report import build_report, number, write_report
+from .suites import HUB_SUITES, load_suites, suite_hash
+
+
+def at_least(minimum: int):
+    def integer(text: str) -> int:  # argparse names the function in its "invalid integer value" error
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return integer
+
+
+def add_bench(subcommands) -> None:
+    parser = subcommands.add_parser(
+        "bench",
+        help="speed and exactness of DFlash against plain and mlx-lm speculative decoding",
+        description="Run a prompt suite with plain mlx-lm greedy decoding, DFlash and (with --mlx-draft-model) "
+        "mlx-lm's speculative decoding on the same target; write report.json, report.md and charts to --out.",
+    )
+    parser.add_argument(
+        "--target-model",
+        default=str(DEFAULT_TARGET),
+        help="target: mlx-lm checkpoint directory or hub id (default: the shipped one)",
+    )
+    parser.add_argument(
+        "--draft-model",
+        default=str(DEFAULT_DRAFT),
+        help="DFlash drafter: directory or hub id (default: the shipped one)",
+    )
+    parser.add_argument(
+        "--mlx-draft-model", help="small mlx-lm model sharing the target's tokenizer, for mlx-lm's speculative decoding"
+    )
+    parser.add_argument(
+        "--suite",
+        action="append",
+        help=f"offline (built in), {', '.join(HUB_SUITES)} (need a network) or a JSONL file of "
+        '{"prompt": ..., "id": ...} lines; repeat for several (default: offline)',
+    )
+    parser.add_argument("--limit", type=at_least(1), help="run only the first N prompts of each suite")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="report directory (default: runs/bench)")
+    parser.add_argument("--history", type=Path, help="append one JSON line with this run's summary to this file")
+    parser.add_argument("--max-tokens", type=at_least(1), default=256, help="new tokens per prompt (default: 256)")
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="timed runs of every method (default: 3)")
+    parser.add_argument("--warmup", type=at_least(0), default=1, help="untimed runs of every method first (default: 1)")
+    parser.add_argument("--block-size", type=int, help="DFlash block size (default: the drafter's)")
+    parser.add_argument(
+        "--num-draft-tokens", type=at_least(1), default=3, help="mlx-lm speculative draft tokens per step (default: 3)"
+    )
+    parser.add_argument(
+        "--no-chat", dest="chat", action="store_false", help="feed prompts raw, without the chat template"
+    )
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="(auto: float32 on CPU)"
+    )
+    parser.add_argument(
+        "--tie-gap",
+        type=float,
+        help="largest top-1/top-2 logit gap counted as a near-tie at a divergence "
+        f"(default by dtype: {', '.join(f'{k} {v}' for k, v in TIE_GAP.items())})",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="MLX random seed, recorded in the report (default: 0)")
+    parser.set_defaults(run=bench)
+
+
+SUBCOMMANDS = [add_bench]
+
+
+def load_mlx_draft(path: str, tokenizer, dtype: str):
+    try:
+        draft_model, draft_tokenizer = load_target(path)
+    except DFlashError as e:
+        raise DFlashError(f"--mlx-draft-model: {e}") from None
+    if draft_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise DFlashError(f"mlx draft model '{path}' does not share the target's tokenizer")
+    draft_model.set_dtype(DTYPES[dtype])  # compute as the target does
+    return draft_model
+
+
+def bench(args, argv: List[str]) -> None:
+    suites = args.suite or ["offline"]
+    prompts = load_suites(suites, args.limit)
+    shipped = (str(DEFAULT_TARGET), str(DEFAULT_DRAFT))
+    for path in (args.target_model, args.draft_model):
+        if path in shipped and not Path(path).is_dir():
+            raise DFlashError(
+                f"the shipped pair is not in {Path(path).parent} yet; pass --target-model and --draft-model"
+            )
+    mx.random.seed(args.seed)
+    model, tokenizer = dflash.load(args.target_model, args.draft_model, dtype=args.dtype)
+    mlx_draft_model = load_mlx_draft(args.mlx_draft_model, tokenizer, model.dtype) if args.mlx_draft_model else None
+    tie_gap = args.tie_gap if args.tie_gap is not None else TIE_GAP[model.dtype]
+    checkpoints = {"target": args.target_model, "draft": args.draft_model, "mlx_draft": args.mlx_draft_model}
+    env = environment(checkpoints, model.dtype, suite_hash(prompts), args.seed)
+
+    benchmark = run_benchmark(
+        model,
+        tokenizer,
+        prompts,
+        max_tokens=args.max_tokens,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        chat=args.chat,
+        block_size=args.block_size,
+        mlx_draft_model=mlx_draft_model,
+        num_draft_tokens=args.num_draft_tokens,
+    )
+    config = {
+        "command": shlex.join(["dflash-eval"] + argv),
+        "target": args.target_model,
+        "draft": args.draft_model,
+        "mlx_draft": args.mlx_draft_model,
+        "suites": suites,
+        "limit": args.limit,
+        "max_tokens": args.max_tokens,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "block_size": args.block_size,
+        "num_draft_tokens": args.num_draft_tokens,
+        "chat": args.chat,
+        "tie_gap": tie_gap,
+    }
+    report = build_report(config, env, analyse(model, tokenizer, prompts, benchmark, tie_gap))
+    write_report(report, args.out, args.history)
+    print_summary(report, args.out)
+
+
+def print_summary(report: dict, out: Path) -> None:
+    for name, figures in report["methods"].items():
+        line = f"{METHOD_NAMES[name]:>20}: {number(figures['tokens_per_second']['median'], '.1f')} tokens/s"
+        if "speedup" in figures:
+            line += (
+                f", speedup {number(figures['speedup']['median'], '.2f', 'x')}, "
+                f"tau {number(figures['mean_acceptance'])}, exact {number(figures['exact_match_rate'], '.0%')}"
+            )
+        print(line)
+    print(f"report: {out / 'report.md'}")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(prog="dflash-eval", description="dflash-mlx benchmarks")
+    subcommands = parser.add_subparsers(dest="command", required=True)
+    for add_subcommand in SUBCOMMANDS:
+        add_subcommand(subcommands)
+    args = parser.parse_args(argv)
+    try:
+        args.run(args, argv)
+    except DFlashError as e:
+        print(f"dflash-eval: error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
