@@ -138,15 +138,29 @@ def check_pair(adapter: DecoderAdapter, config: DraftConfig) -> None:
         raise DFlashError(f"drafter block_size {config.block_size} is below 2")
 
 
-def load_target(path_or_repo: str):
+def resolve_dtype(dtype: Optional[str]) -> Optional[str]:
+    """"auto": float32 on the CPU backend, the checkpoint's dtype elsewhere; None keeps the checkpoint's."""
+    if dtype == "auto":
+        return default_dtype()
+    if dtype is not None and dtype not in DTYPES:
+        raise DFlashError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
+    return dtype
+
+
+def load_target(path_or_repo: str, dtype: Optional[str] = "auto", what: str = "target"):
+    """Load an mlx-lm checkpoint (local directory or hub id) in `dtype`. Returns (model, tokenizer)."""
     from mlx_lm import load as mlx_lm_load
 
+    dtype = resolve_dtype(dtype)
     if not Path(path_or_repo).expanduser().is_dir() and not is_hub_id(path_or_repo):
-        raise DFlashError(f"target '{path_or_repo}' not found")
+        raise DFlashError(f"{what} '{path_or_repo}' not found")
     try:
-        return mlx_lm_load(path_or_repo)
+        model, tokenizer = mlx_lm_load(path_or_repo)
     except Exception as e:
-        raise DFlashError(f"cannot load target '{path_or_repo}': {type(e).__name__}: {e}") from None
+        raise DFlashError(f"cannot load {what} '{path_or_repo}': {type(e).__name__}: {e}") from None
+    if dtype is not None:
+        model.set_dtype(DTYPES[dtype])
+    return model, tokenizer
 
 
 def load(target: str, draft: str, dtype: Optional[str] = "auto") -> Tuple[DFlashModel, object]:
@@ -155,16 +169,10 @@ def load(target: str, draft: str, dtype: Optional[str] = "auto") -> Tuple[DFlash
     dtype: "auto" (float32 on the CPU backend, the checkpoint's dtype elsewhere), None to keep
     the checkpoint's, or one of float32 / bfloat16 / float16.
     """
-    if dtype == "auto":
-        dtype = default_dtype()
-    if dtype is not None and dtype not in DTYPES:
-        raise DFlashError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
-    target_model, tokenizer = load_target(target)
+    target_model, tokenizer = load_target(target, dtype)
     adapter = adapter_for(target_model)
     draft_model = load_draft(draft)
     check_pair(adapter, draft_model.config)
-    if dtype is not None:
-        target_model.set_dtype(DTYPES[dtype])
     # The drafter computes in the dtype of the target's hidden states.
     draft_model.set_dtype(adapter.embed(mx.array([[0]])).dtype)
     return DFlashModel(target_model, adapter, draft_model), tokenizer
