@@ -1,0 +1,124 @@
+"""Build the offline default models shipped in dflash/checkpoints/ from text that ships with Python.
+
+    uv run python -m train.offline_default --stage base --out dflash/checkpoints
+
+corpus (train/corpus.py) -> held-out prompts (train/data/heldout_prompts.jsonl) -> byte-level
+BPE tokenizer (train/tokenizer.py) -> pretrain the "expert" target LM -> pretrain the "fast" LM
+(train/pretrain.py). Each model directory gets the tokenizer files and a train_config.json with
+every setting and the run's results. Intermediate state (tokenizer, metrics.jsonl, checkpoints)
+lives in --work-dir; rerunning the command resumes an interrupted pretraining.
+
+Step counts are fixed (not derived from a time budget) so the result depends only on the seed
+and the Python version; they were chosen from measured throughput on a 2-core x86 CPU so the
+expert trains in about 45 minutes and the fast model in a few.
+"""
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+from mlx_lm.models.llama import ModelArgs
+from tokenizers import Tokenizer
+
+from train.corpus import build_corpus, heldout_prompts, write_heldout_prompts
+from train.pretrain import PretrainConfig, build_model, count_parameters, pretrain, save_model, token_stream, tokenize
+from train.tokenizer import eos_token_ids, format_chat, save_tokenizer, train_tokenizer
+
+VOCAB_SIZE = 4096
+CONTEXT = 512
+
+# Shipped weights (expert + fast + the expert's drafter) must stay under 30 MB in bfloat16.
+MODELS = {
+    "expert": {
+        "max_parameters": 9_500_000,
+        "args": dict(hidden_size=320, num_hidden_layers=8, intermediate_size=736,
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=80),
+        "pretrain": dict(steps=360, batch_size=4, learning_rate=2e-3, warmup_steps=20),
+    },
+    "fast": {
+        "max_parameters": 1_500_000,
+        "args": dict(hidden_size=128, num_hidden_layers=4, intermediate_size=384,
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=32),
+        "pretrain": dict(steps=180, batch_size=4, learning_rate=3e-3, warmup_steps=10),
+    },
+}
+
+# Prose (topics, module docstrings) is ~5% of the corpus; repeating it gives the models more of it.
+KIND_REPEATS = {"topic": 3, "module": 2}
+
+
+def model_args(name: str, vocab_size: int) -> ModelArgs:
+    return ModelArgs(
+        model_type="llama",
+        vocab_size=vocab_size,
+        max_position_embeddings=CONTEXT,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        **MODELS[name]["args"],
+    )
+
+
+def build_tokenizer(corpus, tokenizer_dir: Path) -> Tokenizer:
+    """Train once per work dir: a resumed run must tokenize exactly as the interrupted one."""
+    if not (tokenizer_dir / "tokenizer.json").exists():
+        texts = (format_chat(p, r) for p, r in zip(corpus["train"]["prompt"], corpus["train"]["response"]))
+        save_tokenizer(train_tokenizer(texts, VOCAB_SIZE), tokenizer_dir, CONTEXT)
+    return Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=["base"], default="base", help="base: corpus, tokenizer, expert and fast LMs")
+    parser.add_argument("--out", type=Path, default=Path("dflash/checkpoints"))
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/offline_default"))
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    corpus = build_corpus(seed=args.seed)
+    prompts = heldout_prompts(corpus["heldout"], seed=args.seed)
+    write_heldout_prompts(prompts)
+    tokenizer_dir = args.work_dir / "tokenizer"
+    tokenizer = build_tokenizer(corpus, tokenizer_dir)
+    train_stream = token_stream(tokenize(corpus["train"], tokenizer), corpus["train"]["kind"], args.seed, KIND_REPEATS)
+    heldout_stream = token_stream(tokenize(corpus["heldout"], tokenizer), corpus["heldout"]["kind"], args.seed)
+    corpus_info = {
+        "python_version": platform.python_version(),
+        "train_samples": len(corpus["train"]),
+        "heldout_samples": len(corpus["heldout"]),
+        "heldout_prompts": len(prompts),
+        "kind_repeats": KIND_REPEATS,
+        "train_stream_tokens": len(train_stream),
+        "heldout_stream_tokens": len(heldout_stream),
+    }
+
+    for name in args.models:
+        margs = model_args(name, tokenizer.get_vocab_size())
+        n_params = count_parameters(build_model(margs, args.seed))
+        if n_params > MODELS[name]["max_parameters"]:
+            raise ValueError(f"{name} has {n_params} parameters, over its cap of {MODELS[name]['max_parameters']}")
+        cfg = PretrainConfig(seed=args.seed, seq_len=CONTEXT, **MODELS[name]["pretrain"])
+        print(f"{name}: {n_params / 1e6:.2f}M parameters, {cfg.steps} steps of {cfg.batch_size}x{cfg.seq_len} tokens", flush=True)
+        tic = time.time()
+        model, summary = pretrain(margs, cfg, train_stream, heldout_stream, args.work_dir / name)
+        train_config = {
+            "command": " ".join(["python -m train.offline_default"] + sys.argv[1:]),
+            "seed": args.seed,
+            "corpus": corpus_info,
+            "tokenizer": {"type": "byte-level BPE", "vocab_size": tokenizer.get_vocab_size()},
+            "model_args": dataclasses.asdict(margs),
+            "pretrain_config": dataclasses.asdict(cfg),
+            "loss": "next-token cross-entropy on all tokens of packed chat-formatted samples",
+            "results": {**summary, "wall_seconds_this_session": time.time() - tic},
+        }
+        save_model(model, margs, args.out / name, tokenizer_dir, eos_token_ids(tokenizer), train_config)
+        print(json.dumps(train_config["results"], indent=2), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""Next-token pretraining of an mlx-lm `llama` model on the chat corpus (train/corpus.py).
+
+Samples are rendered with the chat template, tokenized, shuffled and concatenated into one
+token stream that is cut into fixed-length chunks (packed sequences; a chunk can span several
+samples, each starting with <|begin_of_text|>). The loss is taken on every token, prompts and
+template tokens included: the prompts are short and templated, so masking them would only
+throw away signal in a run that sees each sample about once.
+
+Training is fp32 AdamW with linear warmup then cosine decay, and grad-norm clipping. Metrics go
+to a JSONL file; checkpoints (fp32 weights + optimizer state) are written atomically and the
+run resumes from the latest one. The exported model directory holds config.json,
+model.safetensors in bfloat16 and the tokenizer files, and loads with `mlx_lm.load(dir)`.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import dflash.blas  # noqa: F401  (OpenBLAS before mlx)
+import datasets
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map_with_path, tree_unflatten
+from mlx_lm.models.llama import Model, ModelArgs
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from train.tokenizer import TOKENIZER_FILES, format_chat
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    steps: int
+    seq_len: int = 512
+    batch_size: int = 4
+    learning_rate: float = 2e-3
+    warmup_steps: int = 30
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_batches: int = 8
+    checkpoint_every: int = 50
+    seed: int = 0
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(v.size for _, v in tree_flatten(model.parameters()))
+
+
+def build_model(args: ModelArgs, seed: int) -> Model:
+    """A llama Model with GPT-2 style init: N(0, 0.02) weights, residual output projections
+    scaled by 1/sqrt(2 * layers). mlx's default N(0, 1) embedding gives huge initial logits when
+    the embedding is tied to the LM head."""
+    mx.random.seed(seed)
+    model = Model(args)
+    residual_std = 0.02 / math.sqrt(2 * args.num_hidden_layers)
+
+    def init(path, w):
+        if path.endswith("norm.weight"):
+            return mx.ones_like(w)
+        std = residual_std if path.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+        return std * mx.random.normal(w.shape)
+
+    model.update(tree_map_with_path(init, model.parameters()))
+    mx.eval(model.parameters())
+    return model
+
+
+def tokenize(dataset: datasets.Dataset, tokenizer: Tokenizer) -> list[np.ndarray]:
+    """Token ids of each sample, rendered as one chat exchange."""
+    texts = [format_chat(p, r) for p, r in zip(dataset["prompt"], dataset["response"])]
+    return [np.array(e.ids, dtype=np.int32) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+
+def token_stream(samples: list[np.ndarray], kinds: list[str], seed: int, kind_repeats: dict[str, int] | None = None) -> np.ndarray:
+    """Shuffled concatenation of the samples; kinds in kind_repeats occur that many times
+    (to raise the share of prose, which is a small part of the corpus)."""
+    kind_repeats = kind_repeats or {}
+    order = [i for i, kind in enumerate(kinds) for _ in range(kind_repeats.get(kind, 1))]
+    np.random.default_rng(seed).shuffle(order)
+    return np.concatenate([samples[i] for i in order])
+
+
+def chunk_count(stream: np.ndarray, seq_len: int) -> int:
+    return (len(stream) - 1) // seq_len
+
+
+def chunks(stream: np.ndarray, indices: np.ndarray, seq_len: int) -> tuple[mx.array, mx.array]:
+    """Inputs and next-token targets of the given chunks."""
+    rows = np.stack([stream[i * seq_len : i * seq_len + seq_len + 1] for i in indices])
+    return mx.array(rows[:, :-1]), mx.array(rows[:, 1:])
+
+
+def batch_indices(n_chunks: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+    """Chunk indices of a step's batch: epochs of seeded permutations, a pure function of the
+    step so a resumed run sees exactly the batches it would have seen."""
+    per_epoch = n_chunks // batch_size
+    epoch, position = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n_chunks)
+    return order[position * batch_size : (position + 1) * batch_size]
+
+
+def lm_loss(model: Model, inputs: mx.array, targets: mx.array) -> mx.array:
+    return nn.losses.cross_entropy(model(inputs), targets, reduction="mean")
+
+
+def evaluate(model: Model, stream: np.ndarray, cfg: PretrainConfig) -> float:
+    """Mean loss over the first eval_batches batches of consecutive chunks of the stream."""
+    n = min(chunk_count(stream, cfg.seq_len), cfg.eval_batches * cfg.batch_size)
+    losses = []
+    for start in range(0, n - cfg.batch_size + 1, cfg.batch_size):
+        inputs, targets = chunks(stream, np.arange(start, start + cfg.batch_size), cfg.seq_len)
+        losses.append(lm_loss(model, inputs, targets).item())
+    return float(np.mean(losses))
+
+
+def learning_rate_schedule(cfg: PretrainConfig):
+    warmup = optim.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
+    decay = optim.cosine_decay(cfg.learning_rate, cfg.steps - cfg.warmup_steps, cfg.learning_rate * cfg.min_lr_ratio)
+    return optim.join_schedules([warmup, decay], [cfg.warmup_steps])
+
+
+def save_checkpoint(checkpoint_dir: Path, step: int, model: Model, optimizer: optim.Optimizer, run: dict) -> None:
+    """Write step_NNNNNN/ under a temporary name, rename it into place, then point latest.json
+    at it (also by rename), so a crash never leaves a half-written checkpoint as the latest."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:06d}"
+    tmp = checkpoint_dir / f"{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    mx.save_safetensors(str(tmp / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
+    (tmp / "run.json").write_text(json.dumps({**run, "step": step}, indent=2))
+    shutil.rmtree(checkpoint_dir / name, ignore_errors=True)
+    os.replace(tmp, checkpoint_dir / name)
+    latest_tmp = checkpoint_dir / "latest.json.tmp"
+    latest_tmp.write_text(json.dumps({"step": step, "dir": name}))
+    os.replace(latest_tmp, checkpoint_dir / "latest.json")
+    for old in checkpoint_dir.glob("step_*"):
+        if old.name != name:
+            shutil.rmtree(old)
+
+
+def load_checkpoint(checkpoint_dir: Path, model: Model, optimizer: optim.Optimizer, run: dict) -> int:
+    """Restore the latest checkpoint into model and optimizer; returns its step (0 if none).
+    Refuses a checkpoint written by a run with other settings."""
+    latest = checkpoint_dir / "latest.json"
+    if not latest.exists():
+        return 0
+    path = checkpoint_dir / json.loads(latest.read_text())["dir"]
+    saved = json.loads((path / "run.json").read_text())
+    step = saved.pop("step")
+    if saved != run:
+        raise ValueError(f"checkpoint {path} was written by a run with other settings: {saved} != {run}")
+    model.load_weights(list(mx.load(str(path / "model.safetensors")).items()))
+    optimizer.state = tree_unflatten(list(mx.load(str(path / "optimizer.safetensors")).items()))
+    mx.eval(model.parameters(), optimizer.state)
+    return step
+
+
+def pretrain(
+    model_args: ModelArgs,
+    cfg: PretrainConfig,
+    train_stream: np.ndarray,
+    heldout_stream: np.ndarray,
+    work_dir: Path,
+) -> tuple[Model, dict]:
+    """Train (or resume) a model; returns it and a summary of the run (losses, throughput).
+
+    work_dir receives metrics.jsonl and checkpoints/.
+    """
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    model = build_model(model_args, cfg.seed)
+    optimizer = optim.AdamW(learning_rate=learning_rate_schedule(cfg), weight_decay=cfg.weight_decay)
+    optimizer.init(model.trainable_parameters())
+    run = {"model_args": dataclasses.asdict(model_args), "pretrain_config": dataclasses.asdict(cfg)}
+    start_step = load_checkpoint(work_dir / "checkpoints", model, optimizer, run)
+
+    loss_and_grad = nn.value_and_grad(model, lm_loss)
+
+    def train_step(inputs, targets):
+        loss, grads = loss_and_grad(model, inputs, targets)
+        grads, grad_norm = optim.clip_grad_norm(grads, cfg.grad_clip)
+        optimizer.update(model, grads)
+        return loss, grad_norm
+
+    n_chunks = chunk_count(train_stream, cfg.seq_len)
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    summary = {"parameters": count_parameters(model), "train_tokens_available": len(train_stream), "resumed_from_step": start_step}
+    train_seconds, losses = 0.0, []
+    with open(work_dir / "metrics.jsonl", "a") as metrics, tqdm(total=cfg.steps, initial=start_step, desc=work_dir.name) as bar:
+        for step in range(start_step, cfg.steps):
+            inputs, targets = chunks(train_stream, batch_indices(n_chunks, cfg.batch_size, step, cfg.seed), cfg.seq_len)
+            tic = time.perf_counter()
+            loss, grad_norm = train_step(inputs, targets)
+            mx.eval(loss, grad_norm, model.parameters(), optimizer.state)
+            seconds = time.perf_counter() - tic
+            train_seconds += seconds
+            losses.append(loss.item())
+            record = {
+                "step": step + 1,
+                "loss": losses[-1],
+                "grad_norm": grad_norm.item(),
+                "learning_rate": optimizer.learning_rate.item(),
+                "tokens_per_s": tokens_per_step / seconds,
+            }
+            done = step + 1
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                record["heldout_loss"] = evaluate(model, heldout_stream, cfg)
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            bar.update(1)
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                save_checkpoint(work_dir / "checkpoints", done, model, optimizer, run)
+
+    trained_steps = cfg.steps - start_step
+    summary.update(
+        train_loss_last_50_steps=float(np.mean(losses[-50:])) if losses else None,
+        heldout_loss=evaluate(model, heldout_stream, cfg),
+        train_tokens_seen=cfg.steps * tokens_per_step,
+        tokens_per_s=trained_steps * tokens_per_step / train_seconds if train_seconds else None,
+        train_seconds_this_session=train_seconds,
+    )
+    return model, summary
+
+
+def save_model(model: Model, model_args: ModelArgs, out_dir: Path, tokenizer_dir: Path, eos_token_ids: list[int], train_config: dict) -> None:
+    """Export a directory that `mlx_lm.load` reads like a hub checkpoint (bfloat16 weights)."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = {k: v.astype(mx.bfloat16) for k, v in tree_flatten(model.parameters())}
+    mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
+    config = {**dataclasses.asdict(model_args), "eos_token_id": eos_token_ids, "torch_dtype": "bfloat16"}
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2) + "\n")
+    for name in TOKENIZER_FILES:
+        shutil.copy(Path(tokenizer_dir) / name, tmp / name)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
