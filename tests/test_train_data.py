@@ -14,6 +14,7 @@ from dflash.generate import baseline_generate
 from dflash.loading import DFlashModel
 from tests.tiny_models import TEXT, save_target, target_config
 from train import data
+from train.cli import main
 from train.data import load_prompts, load_sequences, regenerate
 
 
@@ -108,3 +109,14 @@ def test_sampled_responses(tiny, tmp_path):
     greedy = {s.index: s.response_ids for s in load_sequences(str(data_dir))}
     answers = {s.index: s.response_ids for s in load_sequences(str(sampled))}
     assert any(answers[i] != greedy[i][: len(answers[i])] for i in answers)
+
+
+def test_bad_input_is_a_one_line_error(tiny, tmp_path, capsys):
+    target, data_dir = tiny
+    missing = tmp_path / "nothing"
+    assert main(["run", "--target", str(target), "--data", str(missing), "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"dflash-train: error: '{missing}' is not a data directory; "
+                                                    "make one with `dflash-train regenerate`"]  # fmt: skip
+    arguments = ["run", "--target", str(target), "--data", str(data_dir), "--out", str(tmp_path), "--batch-size", "64"]
+    assert main(arguments + ["--wandb", "disabled"]) == 1
+    assert "do not fill one batch of 64" in capsys.readouterr().err

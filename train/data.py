@@ -46,6 +46,12 @@ def load_training_target(path: str):
     return model, tokenizer, adapter_for(model)
 
 
+def canonical(path_or_id: str) -> str:
+    """An absolute path for a local file or directory (so that ./x and /abs/x compare equal), else the id."""
+    path = Path(path_or_id).expanduser()
+    return str(path.resolve()) if path.exists() else path_or_id
+
+
 def target_fingerprint(path: str) -> str:
     """Changes when the target's config or weight files change."""
     directory = Path(path).expanduser()
@@ -173,7 +179,8 @@ def regenerate(
 
     directory = Path(out)
     meta = {
-        "target": target, "target_fingerprint": target_fingerprint(target), "prompts": prompts_source,
+        "target": canonical(target), "target_fingerprint": target_fingerprint(target),
+        "prompts": canonical(prompts_source),
         "split": split, "prompt_field": prompt_field, "limit": limit, "chat": chat,
         "max_prompt_tokens": max_prompt_tokens, "max_tokens": max_tokens,
         "temperature": temperature, "top_p": top_p, "seed": seed,

@@ -26,7 +26,7 @@ from dflash.model import DFlashDraftModel, DraftConfig
 
 from . import checkpoint
 from .blocks import anchor_rng, default_gamma, epoch_order, make_blocks, sample_anchors
-from .data import load_sequences, load_training_target
+from .data import canonical, load_sequences, load_training_target
 from .hidden_states import HiddenStateShards, target_hidden
 
 MASK_TOKEN_NAMES = ("<|mask|>", "<|MASK|>", "<mask>", "[MASK]")
@@ -156,6 +156,7 @@ def train(config: TrainConfig) -> Path:
     if config.batch_size % world:
         raise DFlashError(f"batch size {config.batch_size} does not split evenly over {world} ranks")
     out = Path(config.out)
+    config.target, config.data = canonical(config.target), canonical(config.data)
     target, tokenizer, adapter = load_training_target(config.target)
     sequences = load_sequences(config.data, config.max_length)
     if len(sequences) <= config.eval_prompts:
