@@ -8,12 +8,16 @@ import json
 import sys
 from pathlib import Path
 
+from adapters.router import DEFAULT_THRESHOLD, ROUTERS
+
 from . import blas
 from .errors import DFlashError
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 DEFAULT_TARGET = CHECKPOINTS / "expert"
 DEFAULT_DRAFT = CHECKPOINTS / "expert-dflash"
+DEFAULT_FAST = CHECKPOINTS / "fast"
+DEFAULT_ROUTER_PROBE = CHECKPOINTS / "router-probe.safetensors"
 DEFAULT_PROMPT = "Write a Python function that returns the n-th Fibonacci number."
 
 # Published pairs: (target, drafter) Hugging Face repo ids.
@@ -32,6 +36,23 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--preset", choices=sorted(PRESETS), help="a published target/drafter pair (needs the hub)")
     models.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="compute dtype; auto: float32 on the CPU backend (the BLAS path), the checkpoint's on Metal")
+    routing = parser.add_argument_group("routing")
+    routing.add_argument("--route", choices=["auto", "fast", "expert"], default="expert",
+                         help="expert: the target with its drafter (default); fast: the fast model alone; "
+                         "auto: the router picks one per prompt")
+    routing.add_argument("--fast-model", default=str(DEFAULT_FAST),
+                         help="mlx-lm model for the fast route, sharing the target's tokenizer "
+                         "(default: the shipped one)")
+    routing.add_argument("--router", choices=ROUTERS, default="probe",
+                         help="what decides under the guardrails with --route auto: probe (trained on the fast model's "
+                         "hidden states, default), judge (the fast model, instruction-tuned, classifies the prompt) or "
+                         "guardrails alone (no rule fires: fast)")
+    routing.add_argument("--router-probe", default=str(DEFAULT_ROUTER_PROBE),
+                         help="probe file from dflash-train-router (default: the shipped one, trained on the "
+                         "shipped fast model)")
+    routing.add_argument("--route-threshold", type=float, default=DEFAULT_THRESHOLD,
+                         help=f"the probe or judge picks expert when P(expert) >= this (default {DEFAULT_THRESHOLD}: "
+                         "when in doubt, expert)")
     gen = parser.add_argument_group("generation")
     gen.add_argument("--prompt", default=DEFAULT_PROMPT)
     gen.add_argument("--max-new-tokens", type=int, default=256)
@@ -64,11 +85,63 @@ def resolve_models(args) -> tuple:
 
 
 def run(args) -> dict:
-    from .generate import baseline_generate, encode_prompt, generate, stream_generate
-    from .loading import load
+    """Route the prompt, load only the models its route needs, generate; returns the report."""
+    from adapters.router import FAST, check_prompt, check_threshold, load_fast_model, make_router
 
     if args.max_new_tokens < 1:
         raise DFlashError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    check_prompt(args.prompt)
+    check_threshold(args.route_threshold)
+    fast, route, reason, router_latency = None, args.route, "chosen with --route", 0.0
+    if args.route == "auto":
+        if args.router != "guardrails":  # the guardrails alone need no model
+            fast = load_fast_model(args.fast_model, args.dtype)
+        decision = make_router(args.router, fast, args.router_probe, args.route_threshold).route(args.prompt)
+        route, reason, router_latency = decision.route, decision.reason, decision.latency_s
+    if route == FAST:
+        report = run_fast(args, fast or load_fast_model(args.fast_model, args.dtype))
+    else:
+        report = run_expert(args)
+    return {"route": route, "route_reason": reason, "router_latency_s": router_latency, **report}
+
+
+def run_fast(args, fast) -> dict:
+    """Plain mlx-lm greedy decoding of the fast model alone."""
+    from mlx_lm import stream_generate as mlx_stream_generate
+
+    from .generate import encode_prompt
+
+    # encode_prompt needs only `.adapter` (chat template, context window), which the fast model has.
+    prompt_ids = encode_prompt(fast, fast.tokenizer, args.prompt, chat=args.chat)
+    tokens, text = [], ""
+    for response in mlx_stream_generate(fast.model, fast.tokenizer, prompt_ids, max_tokens=args.max_new_tokens):
+        if response.finish_reason != "stop":  # a stop token ends the text without being part of it
+            tokens.append(response.token)
+        text += response.text
+        if args.stream and not args.json:
+            print(response.text, end="", flush=True)
+    if args.stream and not args.json:
+        print()
+    elif not args.json:
+        print(text)
+    return {
+        "fast_model": fast.path,
+        "dtype": fast.dtype,
+        "blas": blas.loaded or "reference",
+        "text": text,
+        "tokens": tokens,
+        "prompt_tokens": response.prompt_tokens,
+        "generated_tokens": len(tokens),
+        "tokens_per_second": response.generation_tps,
+        "prompt_tokens_per_second": response.prompt_tps,
+        "peak_memory_gb": response.peak_memory,
+    }
+
+
+def run_expert(args) -> dict:
+    from .generate import baseline_generate, encode_prompt, generate, stream_generate
+    from .loading import load
+
     target, draft = resolve_models(args)
     model, tokenizer = load(target, draft, dtype=args.dtype)
     prompt_ids = encode_prompt(model, tokenizer, args.prompt, chat=args.chat)
@@ -122,12 +195,16 @@ def run(args) -> dict:
 
 
 def summary_line(report: dict) -> str:
-    line = (
-        f"tau {report['mean_acceptance']:.2f} | {report['generated_tokens']} tokens at "
-        f"{report['tokens_per_second']:.1f} tok/s | prompt {report['prompt_tokens']} tokens at "
-        f"{report['prompt_tokens_per_second']:.1f} tok/s | draft {report['draft_time']:.2f} s, verify "
-        f"{report['verify_time']:.2f} s | peak {report['peak_memory_gb']:.3f} GB | {report['dtype']}"
-    )
+    parts = [f"tau {report['mean_acceptance']:.2f}"] if "mean_acceptance" in report else []
+    parts += [
+        f"{report['generated_tokens']} tokens at {report['tokens_per_second']:.1f} tok/s",
+        f"prompt {report['prompt_tokens']} tokens at {report['prompt_tokens_per_second']:.1f} tok/s",
+    ]
+    if "draft_time" in report:
+        parts.append(f"draft {report['draft_time']:.2f} s, verify {report['verify_time']:.2f} s")
+    parts += [f"peak {report['peak_memory_gb']:.3f} GB", report["dtype"]]
+    line = f"route {report['route']} ({report['route_reason']}; router {report['router_latency_s'] * 1e3:.1f} ms)\n"
+    line += " | ".join(parts)
     if "speedup" in report:
         line += (
             f"\nplain mlx-lm {report['baseline_tokens_per_second']:.1f} tok/s | speedup {report['speedup']:.2f}x | "

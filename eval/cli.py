@@ -22,6 +22,7 @@ from .bench import METHOD_NAMES, analyse, run_benchmark
 from .environment import environment
 from .exactness import TIE_GAP
 from .report import build_report, number, write_report
+from .router import add_router
 from .suites import HUB_SUITES, load_suites, suite_hash
 
 
@@ -87,7 +88,7 @@ def add_bench(subcommands) -> None:
     parser.set_defaults(run=bench)
 
 
-SUBCOMMANDS = [add_bench]
+SUBCOMMANDS = [add_bench, add_router]
 
 
 def load_mlx_draft(path: str, tokenizer, dtype: str):

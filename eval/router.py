@@ -1,0 +1,287 @@
+"""`dflash-eval router`: how well the router routes, how fast it decides, and what each route costs
+end to end.
+
+    dflash-eval router --data eval/suites/routing_test.jsonl --json
+
+DATA is any JSONL of {"prompt": ..., "label": "fast" | "expert", "category": optional}. The
+report has the accuracy, the confusion matrix, the recall of expert prompts (the costly miss is an
+expert prompt sent fast), the router's latency, what each stacked policy decides on its own,
+per-category accuracy and the misrouted prompts. With the expert pair at hand (--e2e, on by default
+when it is) it also times whole generations of the first --e2e-prompts simple (fast-labelled)
+prompts in each mode: fast (the fast model alone), expert (target + DFlash drafter) and auto
+(router, then the route it picks), models loaded beforehand.
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from mlx_lm import stream_generate as mlx_stream_generate
+
+import dflash
+from adapters.router import (
+    EXPERT,
+    FAST,
+    ROUTERS,
+    FastModel,
+    LabeledPrompt,
+    Router,
+    check_threshold,
+    load_fast_model,
+    make_router,
+    read_labeled_prompts,
+)
+from dflash.cli import DEFAULT_DRAFT, DEFAULT_FAST, DEFAULT_ROUTER_PROBE, DEFAULT_TARGET, DEFAULT_THRESHOLD
+from dflash.generate import encode_prompt
+
+DEFAULT_DATA = Path(__file__).resolve().parent / "suites" / "routing_test.jsonl"
+
+
+def add_router(subcommands) -> None:
+    parser = subcommands.add_parser(
+        "router",
+        help="routing accuracy, expert recall and latency of the router, and end-to-end time of each route",
+        description=__doc__.strip().splitlines()[0],
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help='JSONL of {"prompt": ..., "label": "fast" | "expert"} (default: the shipped test split)',
+    )
+    parser.add_argument("--router", choices=ROUTERS, default="probe", help="what stacks under the guardrails")
+    parser.add_argument("--fast-model", default=str(DEFAULT_FAST))
+    parser.add_argument("--router-probe", default=str(DEFAULT_ROUTER_PROBE))
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="P(expert) for the expert route")
+    parser.add_argument("--target-model", default=str(DEFAULT_TARGET), help="expert target, for --e2e")
+    parser.add_argument("--draft-model", default=str(DEFAULT_DRAFT), help="its DFlash drafter, for --e2e")
+    parser.add_argument(
+        "--e2e",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="time whole generations in each mode (default: when the expert pair exists)",
+    )
+    parser.add_argument("--e2e-prompts", type=int, default=3, help="simple prompts timed end to end (default 3)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="new tokens per end-to-end generation")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each end-to-end generation (median)")
+    parser.add_argument(
+        "--no-chat", dest="chat", action="store_false", help="feed prompts raw, without the chat template"
+    )
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.set_defaults(run=router)
+
+
+def rate(numerator: int, denominator: int):
+    return numerator / denominator if denominator else None
+
+
+def latency_ms(seconds: Sequence[float]) -> dict:
+    ordered = sorted(s * 1e3 for s in seconds)
+    return {
+        "mean": statistics.fmean(ordered),
+        "median": statistics.median(ordered),
+        "p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
+        "max": ordered[-1],
+    }
+
+
+def routing_scores(examples: Sequence[LabeledPrompt], routes: Sequence[str]) -> dict:
+    confusion = {label: {route: 0 for route in (FAST, EXPERT)} for label in (FAST, EXPERT)}
+    for example, route in zip(examples, routes):
+        confusion[example.label][route] += 1
+    experts, fasts = sum(confusion[EXPERT].values()), sum(confusion[FAST].values())
+    return {
+        "accuracy": rate(confusion[FAST][FAST] + confusion[EXPERT][EXPERT], len(examples)),
+        "expert_recall": rate(confusion[EXPERT][EXPERT], experts),
+        "fast_recall": rate(confusion[FAST][FAST], fasts),
+        "expert_precision": rate(confusion[EXPERT][EXPERT], confusion[FAST][EXPERT] + confusion[EXPERT][EXPERT]),
+        "confusion": confusion,  # rows: label, columns: route
+    }
+
+
+def policy_scores(router: Router, examples: Sequence[LabeledPrompt]) -> Dict[str, dict]:
+    """Each stacked policy on its own: how often it decides, how often it is right when it does,
+    and the share of the expert prompts it sends to the expert."""
+    scores = {}
+    for policy in router.policies:
+        decisions = [policy.decide(e.prompt) for e in examples]
+        decided = [(e, d) for e, d in zip(examples, decisions) if d is not None]
+        experts = sum(e.label == EXPERT for e in examples)
+        scores[policy.name] = {
+            "decided": len(decided),
+            "accuracy_when_deciding": rate(sum(e.label == d.route for e, d in decided), len(decided)),
+            "expert_recall": rate(sum(e.label == d.route == EXPERT for e, d in decided), experts),
+        }
+    return scores
+
+
+def evaluate_routing(router: Router, examples: Sequence[LabeledPrompt]) -> dict:
+    router.route(examples[0].prompt)  # untimed: first-call costs (compilation, allocation)
+    decisions = [router.route(e.prompt) for e in examples]
+    categories = sorted({e.category for e in examples if e.category})
+    report = routing_scores(examples, [d.route for d in decisions])
+    report.update(
+        examples=len(examples),
+        router_latency_ms=latency_ms([d.latency_s for d in decisions]),
+        decided_by={name: sum(d.policy == name for d in decisions) for name in sorted({d.policy for d in decisions})},
+        policies=policy_scores(router, examples),
+        by_category={
+            category: {
+                "examples": len(rows),
+                "accuracy": rate(sum(e.label == d.route for e, d in rows), len(rows)),
+            }
+            for category in categories
+            for rows in [[(e, d) for e, d in zip(examples, decisions) if e.category == category]]
+        },
+        misrouted=[
+            {"prompt": e.prompt, "label": e.label, "route": d.route, "reason": d.reason}
+            for e, d in zip(examples, decisions)
+            if e.label != d.route
+        ],
+    )
+    return report
+
+
+def generate_fast(fast: FastModel, prompt_ids: List[int], max_tokens: int) -> int:
+    """Plain greedy decoding of the fast model, as `dflash-mlx --route fast`; returns the tokens generated."""
+    generated = 0
+    for response in mlx_stream_generate(fast.model, fast.tokenizer, prompt_ids, max_tokens=max_tokens):
+        generated += response.finish_reason != "stop"
+    return generated
+
+
+def end_to_end(
+    router: Router,
+    fast: FastModel,
+    expert,
+    expert_tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_tokens: int,
+    repeats: int,
+    chat: bool,
+) -> dict:
+    """Median wall time of routing (auto only), encoding and generating each prompt in each mode."""
+
+    def run_fast(prompt: str) -> int:
+        return generate_fast(fast, encode_prompt(fast, fast.tokenizer, prompt, chat), max_tokens)
+
+    def run_expert(prompt: str) -> int:
+        ids = encode_prompt(expert, expert_tokenizer, prompt, chat)
+        return dflash.generate(expert, expert_tokenizer, ids, max_tokens).stats.generated_tokens
+
+    def run_auto(prompt: str) -> int:
+        return (run_fast if router.route(prompt).route == FAST else run_expert)(prompt)
+
+    modes = {FAST: run_fast, EXPERT: run_expert, "auto": run_auto}
+    results = {mode: {"seconds": [], "tokens": []} for mode in modes}
+    for prompt in prompts:
+        for mode, run in modes.items():
+            run(prompt)  # warmup
+            times = []
+            for _ in range(repeats):
+                tic = time.perf_counter()
+                tokens = run(prompt)
+                times.append(time.perf_counter() - tic)
+            results[mode]["seconds"].append(statistics.median(times))
+            results[mode]["tokens"].append(tokens)
+    report = {
+        "prompts": list(prompts),
+        "max_tokens": max_tokens,
+        "repeats": repeats,
+        "auto_routes": [router.route(p).route for p in prompts],
+    }
+    for mode, runs in results.items():
+        report[mode] = {
+            "median_seconds": statistics.median(runs["seconds"]),
+            "seconds": runs["seconds"],
+            "tokens": runs["tokens"],
+            "ms_per_token": 1e3 * sum(runs["seconds"]) / max(1, sum(runs["tokens"])),
+        }
+    report["expert_over_fast"] = report[EXPERT]["median_seconds"] / report[FAST]["median_seconds"]
+    return report
+
+
+def router(args, argv: List[str]) -> None:
+    check_threshold(args.threshold)
+    examples = read_labeled_prompts(args.data)
+    fast = load_fast_model(args.fast_model, args.dtype) if args.router != "guardrails" else None
+    routing = make_router(args.router, fast, args.router_probe, args.threshold)
+    report = {
+        "data": str(args.data),
+        "router": args.router,
+        "threshold": args.threshold if args.router != "guardrails" else None,
+        **evaluate_routing(routing, examples),
+    }
+    run_e2e = args.e2e if args.e2e is not None else Path(args.target_model).is_dir() and Path(args.draft_model).is_dir()
+    report["end_to_end"] = None
+    if run_e2e:
+        fast = fast or load_fast_model(args.fast_model, args.dtype)
+        expert, expert_tokenizer = dflash.load(args.target_model, args.draft_model, dtype=args.dtype)
+        simple = [e.prompt for e in examples if e.label == FAST][: args.e2e_prompts]
+        report["end_to_end"] = end_to_end(
+            routing,
+            fast,
+            expert,
+            expert_tokenizer,
+            simple,
+            max_tokens=args.max_tokens,
+            repeats=args.repeats,
+            chat=args.chat,
+        )
+    print(json.dumps(report, indent=2) if args.json else summary(report))
+
+
+def number(value, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def summary(report: dict) -> str:
+    latency = report["router_latency_ms"]
+    confusion = report["confusion"]
+    threshold = f" (threshold {report['threshold']:.2f})" if report["threshold"] is not None else ""
+    lines = [
+        f"router: guardrails{'' if report['router'] == 'guardrails' else ' + ' + report['router']}{threshold} "
+        f"on {report['data']}: {report['examples']} prompts",
+        f"accuracy {number(report['accuracy'])} | expert recall {number(report['expert_recall'])} | "
+        f"fast recall {number(report['fast_recall'])} | expert precision {number(report['expert_precision'])}",
+        f"router latency: median {latency['median']:.2f} ms, mean {latency['mean']:.2f} ms, "
+        f"p95 {latency['p95']:.2f} ms, max {latency['max']:.2f} ms",
+        "confusion (rows: label, columns: route):",
+        f"  {'':>8} {'fast':>6} {'expert':>6}",
+        *(f"  {label:>8} {confusion[label][FAST]:>6} {confusion[label][EXPERT]:>6}" for label in (FAST, EXPERT)),
+        "decided by: " + ", ".join(f"{name} {count}" for name, count in report["decided_by"].items()),
+    ]
+    for name, scores in report["policies"].items():
+        lines.append(
+            f"{name} alone: decides {scores['decided']}, right when deciding "
+            f"{number(scores['accuracy_when_deciding'])}, expert recall {number(scores['expert_recall'])}"
+        )
+    lines.append(
+        "by category: "
+        + ", ".join(
+            f"{category} {number(scores['accuracy'], '.2f')}" for category, scores in report["by_category"].items()
+        )
+    )
+    e2e = report["end_to_end"]
+    if e2e:
+        lines.append(
+            f"end to end, {len(e2e['prompts'])} simple prompts, up to {e2e['max_tokens']} tokens, median of "
+            f"{e2e['repeats']}:"
+        )
+        for mode in (FAST, EXPERT, "auto"):
+            lines.append(
+                f"  {mode:>6}: {e2e[mode]['median_seconds'] * 1e3:.1f} ms ({e2e[mode]['ms_per_token']:.2f} ms/token, "
+                f"tokens {e2e[mode]['tokens']})"
+            )
+        lines.append(f"  expert / fast time: {e2e['expert_over_fast']:.2f}x; auto routed {e2e['auto_routes']}")
+    misrouted = report["misrouted"]
+    if misrouted:
+        lines.append(f"misrouted ({len(misrouted)}; expert prompts sent fast first):")
+        for row in sorted(misrouted, key=lambda r: r["label"] != EXPERT):
+            lines.append(f"  [{row['label']} -> {row['route']}] {row['prompt'][:70]!r}: {row['reason']}")
+    return "\n".join(lines)
