@@ -28,6 +28,7 @@ from adapters.router import (
     ROUTERS,
     FastModel,
     LabeledPrompt,
+    RouteDecision,
     Router,
     check_threshold,
     load_fast_model,
@@ -38,6 +39,7 @@ from dflash.cli import DEFAULT_DRAFT, DEFAULT_FAST, DEFAULT_ROUTER_PROBE, DEFAUL
 from dflash.generate import encode_prompt
 
 DEFAULT_DATA = Path(__file__).resolve().parent / "suites" / "routing_test.jsonl"
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def add_router(subcommands) -> None:
@@ -119,8 +121,25 @@ def policy_scores(router: Router, examples: Sequence[LabeledPrompt]) -> Dict[str
     return scores
 
 
+def threshold_sweep(examples: Sequence[LabeledPrompt], decisions: Sequence[RouteDecision]) -> List[dict]:
+    """The stacked router's scores had the scoring policy used each of THRESHOLDS instead: the
+    guardrails' decisions stay, the scored prompts are re-decided from their P(expert)."""
+    if all(d.expert_probability is None for d in decisions):
+        return []
+    sweep = []
+    for threshold in THRESHOLDS:
+        routes = [
+            d.route if d.expert_probability is None else EXPERT if d.expert_probability >= threshold else FAST
+            for d in decisions
+        ]
+        scores = routing_scores(examples, routes)
+        sweep.append({"threshold": threshold, "accuracy": scores["accuracy"], "expert_recall": scores["expert_recall"]})
+    return sweep
+
+
 def evaluate_routing(router: Router, examples: Sequence[LabeledPrompt]) -> dict:
-    router.route(examples[0].prompt)  # untimed: first-call costs (compilation, allocation)
+    for policy in router.policies:  # untimed: first-call costs (compilation, allocation)
+        policy.decide(examples[0].prompt)
     decisions = [router.route(e.prompt) for e in examples]
     categories = sorted({e.category for e in examples if e.category})
     report = routing_scores(examples, [d.route for d in decisions])
@@ -129,6 +148,7 @@ def evaluate_routing(router: Router, examples: Sequence[LabeledPrompt]) -> dict:
         router_latency_ms=latency_ms([d.latency_s for d in decisions]),
         decided_by={name: sum(d.policy == name for d in decisions) for name in sorted({d.policy for d in decisions})},
         policies=policy_scores(router, examples),
+        threshold_sweep=threshold_sweep(examples, decisions),
         by_category={
             category: {
                 "examples": len(rows),
@@ -267,6 +287,14 @@ def summary(report: dict) -> str:
             f"{category} {number(scores['accuracy'], '.2f')}" for category, scores in report["by_category"].items()
         )
     )
+    if report["threshold_sweep"]:
+        lines.append(
+            "threshold sweep (accuracy / expert recall): "
+            + ", ".join(
+                f"{row['threshold']:.1f}: {number(row['accuracy'], '.2f')}/{number(row['expert_recall'], '.2f')}"
+                for row in report["threshold_sweep"]
+            )
+        )
     e2e = report["end_to_end"]
     if e2e:
         lines.append(

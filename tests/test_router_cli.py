@@ -134,6 +134,7 @@ def test_eval_router_scores_guardrails_on_any_jsonl(capsys, tmp_path):
     assert [row["prompt"] for row in report["misrouted"]] == [SMALL_SET[4][0]]
     assert set(report["router_latency_ms"]) == {"mean", "median", "p95", "max"}
     assert report["end_to_end"] is None
+    assert report["threshold_sweep"] == []  # nothing scored, nothing to sweep
 
 
 def test_eval_router_times_each_mode_end_to_end(capsys, models, tmp_path):
@@ -144,6 +145,10 @@ def test_eval_router_times_each_mode_end_to_end(capsys, models, tmp_path):
     report = json.loads(capsys.readouterr().out)
     assert report["router"] == "probe" and report["threshold"] == 0.3
     assert report["policies"]["probe"]["decided"] == len(SMALL_SET)
+    sweep = {row["threshold"]: row for row in report["threshold_sweep"]}
+    assert sweep[0.3]["accuracy"] == report["accuracy"] and sweep[0.3]["expert_recall"] == report["expert_recall"]
+    recalls = [row["expert_recall"] for row in report["threshold_sweep"]]
+    assert recalls == sorted(recalls, reverse=True)  # a higher threshold never sends more to the expert
     e2e = report["end_to_end"]
     assert e2e["prompts"] == ["Hello!"] and e2e["auto_routes"][0] in (FAST, EXPERT)
     for mode in (FAST, EXPERT, "auto"):
