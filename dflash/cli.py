@@ -12,6 +12,7 @@ from adapters.router import DEFAULT_THRESHOLD, ROUTERS
 
 from . import blas
 from .errors import DFlashError
+from .sampling import ACCEPTANCE_RULES, SamplingSettings, make_acceptance
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 DEFAULT_TARGET = CHECKPOINTS / "expert"
@@ -59,11 +60,24 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--block-size", type=int, help="draft block size (default: the drafter's)")
     gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
                      help="apply the target's chat template (default: on)")
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("--temperature", type=float, default=0.0,
+                          help="0 (default): greedy, token for token what plain greedy decoding gives")
+    sampling.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling, in (0, 1] (default 1: off)")
+    sampling.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (default 0: off)")
+    sampling.add_argument("--min-p", type=float, default=0.0,
+                          help="drop tokens below min-p times the top token's probability, in [0, 1) (default 0: off)")
+    sampling.add_argument("--seed", type=int, help="seed of the random draws: the same seed gives the same text")
+    sampling.add_argument("--acceptance", choices=sorted(ACCEPTANCE_RULES), default="speculative",
+                          help="how proposals are accepted at temperature > 0, both lossless: speculative sampling "
+                          "(default; accepts with probability min(1, p/q)) or match (accepts a proposal equal to the "
+                          "target's own draw)")
     out = parser.add_argument_group("output")
     out.add_argument("--stream", action="store_true", help="print text as it is verified")
     out.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     out.add_argument("--baseline", action="store_true",
-                     help="also run plain mlx-lm greedy decoding; report the speedup and whether tokens match")
+                     help="also run plain mlx-lm decoding (greedy, or sampling with the same settings); report the "
+                     "speedup and, when greedy, whether the tokens are identical")
     return parser
 
 
@@ -142,14 +156,16 @@ def run_expert(args) -> dict:
     from .generate import baseline_generate, encode_prompt, generate, stream_generate
     from .loading import load
 
+    settings = SamplingSettings(args.temperature, args.top_p, args.top_k, args.min_p)
     target, draft = resolve_models(args)
     model, tokenizer = load(target, draft, dtype=args.dtype)
     prompt_ids = encode_prompt(model, tokenizer, args.prompt, chat=args.chat)
-    options = dict(block_size=args.block_size)
+    options = dict(block_size=args.block_size, acceptance=make_acceptance(settings, args.acceptance, args.seed))
+    baseline_sampler = None if settings.greedy else settings.mlx_sampler(model.adapter.vocab_size)
 
     if args.baseline:  # warm both paths up so neither pays first-call costs in the timing
         generate(model, tokenizer, prompt_ids, 8, **options)
-        baseline_generate(model, tokenizer, prompt_ids, 8)
+        baseline_generate(model, tokenizer, prompt_ids, 8, sampler=baseline_sampler)
 
     if args.stream and not args.json:
         tokens, text = [], ""
@@ -180,14 +196,31 @@ def run_expert(args) -> dict:
         "draft_time": stats.draft_time,
         "verify_time": stats.verify_time,
         "peak_memory_gb": stats.peak_memory_gb,
+        "sampling": {
+            "temperature": settings.temperature, "top_p": settings.top_p, "top_k": settings.top_k,
+            "min_p": settings.min_p, "seed": args.seed, "acceptance": "greedy" if settings.greedy else args.acceptance,
+        },
     }
+    sampled = stats.acceptance_stats
+    if sampled is not None:
+        report.update(
+            acceptance_rate=sampled.acceptance_rate,
+            expected_acceptance_rate=sampled.expected_speculative_rate,
+            expected_match_acceptance_rate=sampled.expected_match_rate,
+            tested_proposals=sampled.tested,
+            expected_accepted=sampled.expected_speculative,
+            expected_match_accepted=sampled.expected_match,
+        )
     if args.baseline:
-        baseline_tokens, baseline_tps = baseline_generate(model, tokenizer, prompt_ids, args.max_new_tokens)
+        baseline_tokens, baseline_tps = baseline_generate(
+            model, tokenizer, prompt_ids, args.max_new_tokens, sampler=baseline_sampler, seed=args.seed
+        )
         report.update(
             baseline_tokens=baseline_tokens,
             baseline_tokens_per_second=baseline_tps,
             speedup=stats.generation_tps / baseline_tps if baseline_tps else 0.0,
-            exact=baseline_tokens == tokens,
+            # Sampled runs agree in distribution (tests/test_sampling.py), not token for token.
+            exact=baseline_tokens == tokens if settings.greedy else None,
         )
     if not args.stream and not args.json:
         print(text)
@@ -206,9 +239,16 @@ def summary_line(report: dict) -> str:
     line = f"route {report['route']} ({report['route_reason']}; router {report['router_latency_s'] * 1e3:.1f} ms)\n"
     line += " | ".join(parts)
     if "speedup" in report:
+        identical = {True: "yes", False: "NO", None: "n/a (sampling)"}[report["exact"]]
         line += (
             f"\nplain mlx-lm {report['baseline_tokens_per_second']:.1f} tok/s | speedup {report['speedup']:.2f}x | "
-            f"identical tokens: {'yes' if report['exact'] else 'NO'}"
+            f"identical tokens: {identical}"
+        )
+    if "acceptance_rate" in report:
+        line += (
+            f"\nproposals accepted {report['acceptance_rate']:.1%} ({report['sampling']['acceptance']}) | expected: "
+            f"speculative sampling {report['expected_acceptance_rate']:.1%}, token matching "
+            f"{report['expected_match_acceptance_rate']:.1%}"
         )
     return line
 

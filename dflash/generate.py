@@ -14,6 +14,7 @@ import mlx.core as mx
 from .acceptance import GreedyAcceptance
 from .errors import DFlashError
 from .loading import DFlashModel
+from .sampling import AcceptanceStats
 
 # As mlx-lm's generate_step: the prompt but its last token is processed in chunks of this
 # size, the last token alone, so the target computes the prompt the way plain decoding does.
@@ -30,6 +31,7 @@ class GenerationStats:
     draft_time: float = 0.0
     verify_time: float = 0.0
     peak_memory_gb: float = 0.0
+    acceptance_stats: Optional[AcceptanceStats] = None  # sampling rules only (temperature > 0)
 
     @property
     def mean_acceptance(self) -> float:
@@ -197,6 +199,7 @@ def stream_generate(
             detokenizer.finalize()
         stats.generation_time = time.perf_counter() - tic
         stats.peak_memory_gb = mx.get_peak_memory() / 1e9
+        stats.acceptance_stats = getattr(acceptance, "stats", None)
         yield GenerationResponse(detokenizer.last_segment, committed, stats, finish_reason)
         if finish_reason is not None:
             break
@@ -211,14 +214,20 @@ def generate(model: DFlashModel, tokenizer, prompt, max_tokens: int = 256, **kwa
     return GenerationResult(tokens, text, response.stats, response.finish_reason)
 
 
-def baseline_generate(model: DFlashModel, tokenizer, prompt_ids: List[int], max_tokens: int = 256):
-    """Plain mlx-lm greedy decoding of the same target, with the same stop tokens.
-    Returns (tokens, generation tokens/s), tokens/s timed from the first token on as above."""
+def baseline_generate(
+    model: DFlashModel, tokenizer, prompt_ids: List[int], max_tokens: int = 256, sampler=None, seed: Optional[int] = None
+):
+    """Plain mlx-lm decoding of the same target, with the same stop tokens: greedy, or with
+    `sampler` (`SamplingSettings.mlx_sampler`), which draws from mlx's global generator, seeded
+    with `seed` if given. Returns (tokens, generation tokens/s), tokens/s timed from the first
+    token on as above."""
     from mlx_lm.generate import generate_step
 
+    if seed is not None:
+        mx.random.seed(seed)
     stop_tokens = model.adapter.stop_tokens(tokenizer)
     tokens, tic = [], None
-    for token, _ in generate_step(mx.array(prompt_ids), model.target, max_tokens=max_tokens):
+    for token, _ in generate_step(mx.array(prompt_ids), model.target, max_tokens=max_tokens, sampler=sampler):
         if tic is None:
             tic = time.perf_counter()
         if token in stop_tokens:

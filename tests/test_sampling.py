@@ -1,0 +1,346 @@
+"""Sampling at temperature > 0 is lossless: the committed tokens are distributed exactly as plain
+sampling from the target with the same settings.
+
+The statistical tests count sampled tokens and compare the counts with the target's exact
+distribution by Pearson's chi-square. Bins expecting fewer than 5 draws are pooled, so under the
+null hypothesis (a lossless sampler) the statistic is close to chi-square with (bins - 1)
+degrees of freedom; a test fails when its p-value is below SIGNIFICANCE = 1e-3. The seeds are
+fixed, so every test is deterministic; the significance is the chance that seeds picked at
+random would fail a correct sampler (under 2% over the 14 statistical tests here), and
+`test_the_check_catches_a_wrong_correction` shows that such counts and this threshold do catch a
+classic bug.
+"""
+
+import json
+import math
+from collections import Counter, defaultdict
+from types import SimpleNamespace
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import dflash
+from dflash.acceptance import GreedyAcceptance
+from dflash.cli import main as cli_main
+from dflash.errors import DFlashError
+from dflash.generate import speculative_generate_step
+from dflash.loading import DFlashModel
+from dflash.sampling import ACCEPTANCE_RULES, SamplingSettings, SpeculativeSampling, TokenMatching, make_acceptance
+
+SIGNIFICANCE = 1e-3
+MIN_EXPECTED = 5
+
+
+def chi_square_p_value(statistic: float, df: int) -> float:
+    """P(X >= statistic) for X ~ chi-square(df): one minus the regularized lower incomplete
+    gamma function P(df / 2, statistic / 2), summed as its power series."""
+    if df == 0 or statistic <= 0:
+        return 1.0
+    s, x = df / 2, statistic / 2
+    term = total = 1 / s
+    n = 0
+    while term > 1e-16 * total:
+        n += 1
+        term *= x / (s + n)
+        total += term
+    return max(0.0, 1 - math.exp(s * math.log(x) - x - math.lgamma(s)) * total)
+
+
+def goodness_of_fit(tables) -> float:
+    """p-value of Pearson's chi-square over independent multinomial tables, each a list of
+    (observed, expected) counts, one per outcome. Within a table the outcomes expecting least
+    are pooled until every bin expects at least MIN_EXPECTED; a table gives bins - 1 degrees of
+    freedom. An outcome of probability 0 that was drawn fails outright."""
+    statistic, df = 0.0, 0
+    for table in tables:
+        assert all(observed == 0 for observed, expected in table if expected == 0), "drew a filtered-out token"
+        bins, observed_sum, expected_sum = [], 0, 0.0
+        for observed, expected in sorted(table, key=lambda cell: cell[1]):
+            observed_sum, expected_sum = observed_sum + observed, expected_sum + expected
+            if expected_sum >= MIN_EXPECTED:
+                bins.append([observed_sum, expected_sum])
+                observed_sum, expected_sum = 0, 0.0
+        if not bins:
+            continue
+        bins[-1][0] += observed_sum  # what is left over expects too little for a bin of its own
+        bins[-1][1] += expected_sum
+        statistic += sum((observed - expected) ** 2 / expected for observed, expected in bins)
+        df += len(bins) - 1
+    return chi_square_p_value(statistic, df)
+
+
+def probabilities(settings: SamplingSettings, logits) -> np.ndarray:
+    return np.array(mx.softmax(settings.sampling_logits(mx.array(logits)), axis=-1))
+
+
+SETTINGS = {
+    "t1": SamplingSettings(temperature=1.0),
+    "t0.7-topk2": SamplingSettings(temperature=0.7, top_k=2),
+    "t1.5-topp0.8": SamplingSettings(temperature=1.5, top_p=0.8),
+    "t1-minp0.2": SamplingSettings(temperature=1.0, min_p=0.2),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# A table target and table drafters, run by the real decode loop. A tiny transformer costs tens of
+# milliseconds a draw on 2 shared cores, too slow for thousands of draws per setting; these cost
+# almost nothing beyond the acceptance rule itself.
+
+TABLE_VOCAB = 4
+TABLE_BLOCK = 4
+TABLE_PROMPT = [1, 2]
+rng = np.random.default_rng(0)
+BIGRAM = 1.5 * rng.standard_normal((TABLE_VOCAB, TABLE_VOCAB)).astype(np.float32)
+SKIP = rng.standard_normal((TABLE_VOCAB, TABLE_VOCAB)).astype(np.float32)
+
+
+def target_logits(last_two) -> np.ndarray:
+    """The table target's next-token logits: a function of the last two tokens only."""
+    second_last, last = last_two
+    return BIGRAM[last] + SKIP[second_last]
+
+
+class TokenHistory:
+    """The table target's cache: the tokens it has run."""
+
+    state = mx.array(0)
+
+    def __init__(self):
+        self.tokens = []
+
+
+class TableTarget:
+    """Stands in for an adapter: logits from `target_logits`, which the loop reads as final hidden
+    states through an identity LM head. Token 0 stands before the first prompt token."""
+
+    def make_cache(self):
+        return [TokenHistory()]
+
+    def forward(self, tokens, caches, layer_ids):
+        history = caches[0].tokens
+        start = len(history)
+        history += tokens[0].tolist()
+        padded = [0] + history
+        logits = mx.array(np.stack([target_logits(padded[i : i + 2]) for i in range(start, len(history))]))[None]
+        return logits, logits
+
+    def lm_head(self, hidden):
+        return hidden
+
+    def embed(self, tokens):
+        return tokens
+
+    def rollback(self, caches, n):
+        del caches[0].tokens[len(caches[0].tokens) - n :]
+
+
+class TableDrafter:
+    """Block position i's logits are a function of the last committed token: rows[i][last]."""
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = rows
+        self.config = SimpleNamespace(block_size=len(rows), target_layer_ids=[0], mask_token_id=0)
+
+    def make_cache(self):
+        return None
+
+    def __call__(self, block, context, cache):
+        return mx.array(self.rows[: block.shape[1], block[0, 0].item()])[None]
+
+
+def table_drafter(quality: str) -> TableDrafter:
+    """good: i steps ahead, the bigram part of the target alone (no filters) run i times;
+    bad: the same with its preferences reversed, so it proposes what the target finds unlikely."""
+    transition = np.exp(BIGRAM) / np.exp(BIGRAM).sum(axis=-1, keepdims=True)
+    ahead = [np.linalg.matrix_power(transition, i) for i in range(TABLE_BLOCK)]
+    rows = np.log(np.stack(ahead) + 1e-9)
+    return TableDrafter(rows if quality == "good" else -rows)
+
+
+def run_table_model(acceptance, quality: str, tokens: int) -> list:
+    model = DFlashModel(None, TableTarget(), table_drafter(quality))
+    steps = speculative_generate_step(mx.array(TABLE_PROMPT), model, max_tokens=tokens, acceptance=acceptance)
+    return TABLE_PROMPT + [token for committed in steps for token in committed]
+
+
+def transition_tables(sequence: list, settings: SamplingSettings):
+    """Plain sampling from the table target makes a second-order Markov chain, so one long
+    generation tests every token at once: given the pair of tokens before it, each token is a
+    draw from the target's probabilities for that pair, and Pearson's statistic summed over the
+    pairs is chi-square as for independent tables (Anderson and Goodman, 1957)."""
+    following = defaultdict(Counter)
+    for i in range(2, len(sequence)):
+        following[tuple(sequence[i - 2 : i])][sequence[i]] += 1
+    for pair, counts in following.items():
+        expected = sum(counts.values()) * probabilities(settings, target_logits(pair))
+        yield [(counts[token], expected[token]) for token in range(TABLE_VOCAB)]
+
+
+CASES = [(name, "speculative", "good") for name in SETTINGS] + [
+    ("t1", "speculative", "bad"),
+    ("t0.7-topk2", "speculative", "bad"),
+    ("t1", "match", "good"),
+    ("t1.5-topp0.8", "match", "bad"),
+]
+
+
+@pytest.mark.parametrize("setting, rule, quality", CASES)
+def test_every_token_follows_the_target(setting, rule, quality):
+    """Blocks of 3 proposals: every accepted proposal, correction and bonus token must follow the
+    target's distribution given the two tokens before it. The bad drafter takes more steps per
+    token, hence fewer tokens."""
+    settings = SETTINGS[setting]
+    acceptance = ACCEPTANCE_RULES[rule](settings, seed=7)
+    sequence = run_table_model(acceptance, quality, tokens=2000 if quality == "good" else 1200)
+    assert goodness_of_fit(transition_tables(sequence, settings)) > SIGNIFICANCE
+
+    stats = acceptance.stats
+    assert 0 in stats.accepted and max(stats.accepted) >= 1  # rejections and acceptances
+    if quality == "good":
+        assert TABLE_BLOCK - 1 in stats.accepted  # full accepts, with their bonus tokens
+    # Each tested proposal is accepted with the probability summed in the rule's expected count,
+    # so realized minus expected is a sum of centred Bernoullis: within 4 standard deviations.
+    expected = stats.expected_speculative if rule == "speculative" else stats.expected_match
+    assert abs(sum(stats.accepted) - sum(expected)) < 4 * math.sqrt(sum(stats.tested) / 4)
+    assert stats.expected_speculative_rate >= stats.expected_match_rate
+
+
+class WrongCorrection(SpeculativeSampling):
+    """A classic bug: after a rejection, draw the target's token from p instead of max(0, p - q)."""
+
+    def correction(self, p, q):
+        return p
+
+
+def test_the_check_catches_a_wrong_correction():
+    """With 3000 tokens the check caught this bug with every one of 6 seeds tried (p < 1e-4)."""
+    settings = SETTINGS["t1"]
+    sequence = run_table_model(WrongCorrection(settings, seed=7), "good", tokens=3000)
+    assert goodness_of_fit(transition_tables(sequence, settings)) < SIGNIFICANCE
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_filters_are_mlx_lm_samplers(setting):
+    """`sampling_logits` (what p and q are made of) gives the distribution mlx-lm's own sampler
+    draws from, the one plain decoding and the CLI baseline use."""
+    settings = SETTINGS[setting]
+    logits = mx.random.normal((16,), key=mx.random.key(3)) * 2
+    draws = 20000
+    mx.random.seed(0)
+    logprobs = mx.broadcast_to(logits - mx.logsumexp(logits), (draws, 16))
+    counts = Counter(settings.mlx_sampler(16)(logprobs).tolist())
+    expected = draws * probabilities(settings, logits)
+    assert goodness_of_fit([[(counts[token], expected[token]) for token in range(16)]]) > SIGNIFICANCE
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny random transformer pair, loaded through the real loaders.
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(make_pair):
+    return dflash.load(*make_pair("llama", layers=2, draft_layers=1, block_size=4))
+
+
+def first_tokens_table(model, prompt, settings, draws, rule):
+    """Observed and exact counts of the first two generated tokens of `draws` generations."""
+    counts = Counter()
+    for seed in range(draws):
+        steps = speculative_generate_step(
+            mx.array(prompt), model, max_tokens=2, acceptance=ACCEPTANCE_RULES[rule](settings, seed)
+        )
+        counts[tuple(token for committed in steps for token in committed)] += 1
+    first = probabilities(settings, model.target(mx.array([prompt]))[0, -1])
+    table = []
+    for token in np.flatnonzero(first):
+        second = probabilities(settings, model.target(mx.array([prompt + [int(token)]]))[0, -1])
+        table += [(counts[(token, other)], draws * first[token] * second[other]) for other in np.flatnonzero(second)]
+    assert sum(observed for observed, _ in table) == draws  # no draw outside the filtered support
+    return table
+
+
+@pytest.mark.parametrize("rule", ACCEPTANCE_RULES)
+def test_tiny_transformer_first_tokens_follow_the_target(tiny_pair, rule):
+    """The real adapter and drafter: the random drafter is bad, so the second token is mostly a
+    correction; its joint law with the first must still be the target's."""
+    model, _ = tiny_pair
+    table = first_tokens_table(model, [5, 17, 99, 230], SamplingSettings(temperature=1.0, top_k=3), 200, rule)
+    assert goodness_of_fit([table]) > SIGNIFICANCE
+
+
+@pytest.mark.parametrize("rule", ACCEPTANCE_RULES)
+def test_same_seed_same_text(tiny_pair, rule):
+    model, tokenizer = tiny_pair
+    settings = SamplingSettings(temperature=1.0, top_p=0.95)
+    acceptance = make_acceptance(settings, rule, seed=11)
+    first = dflash.generate(model, tokenizer, [5, 17, 99], 24, acceptance=acceptance)
+    again = dflash.generate(model, tokenizer, [5, 17, 99], 24, acceptance=acceptance)  # restarts from the seed
+    fresh = dflash.generate(model, tokenizer, [5, 17, 99], 24, acceptance=make_acceptance(settings, rule, seed=11))
+    other = dflash.generate(model, tokenizer, [5, 17, 99], 24, acceptance=make_acceptance(settings, rule, seed=12))
+    assert first.tokens == again.tokens == fresh.tokens != other.tokens
+    assert first.stats.acceptance_lengths == fresh.stats.acceptance_lengths
+    assert first.stats.acceptance_stats.expected_speculative == fresh.stats.acceptance_stats.expected_speculative
+
+
+def test_temperature_zero_is_greedy_whatever_the_rule():
+    for rule in ACCEPTANCE_RULES:
+        assert type(make_acceptance(SamplingSettings(top_k=5, top_p=0.5), rule, seed=1)) is GreedyAcceptance
+    with pytest.raises(DFlashError, match="temperature > 0"):
+        TokenMatching(SamplingSettings())
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(temperature=-0.5), "temperature must be 0"),
+        (dict(temperature=float("nan")), "temperature must be 0"),
+        (dict(top_p=0.0), r"top-p must be in \(0, 1\]"),
+        (dict(top_p=1.5), r"top-p must be in \(0, 1\]"),
+        (dict(top_k=-1), "top-k must be an integer >= 0"),
+        (dict(top_k=2.5), "top-k must be an integer >= 0"),
+        (dict(min_p=1.0), r"min-p must be in \[0, 1\)"),
+        (dict(min_p=-0.1), r"min-p must be in \[0, 1\)"),
+    ],
+)
+def test_bad_settings(options, message):
+    with pytest.raises(DFlashError, match=message):
+        SamplingSettings(**{"temperature": 1.0, **options})
+
+
+def test_unknown_rule():
+    with pytest.raises(DFlashError, match="acceptance rule must be one of"):
+        make_acceptance(SamplingSettings(temperature=1.0), "typical")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--temperature", "-1"], "temperature must be 0"),
+        (["--temperature", "1", "--top-p", "0"], "top-p must be in (0, 1]"),
+        (["--temperature", "1", "--top-k", "-3"], "top-k must be an integer >= 0"),
+        (["--temperature", "1", "--min-p", "1"], "min-p must be in [0, 1)"),
+    ],
+)
+def test_cli_bad_sampling_options(make_pair, capsys, argv, message):
+    target, draft = make_pair("llama")
+    assert cli_main(["--target-model", target, "--draft-model", draft, *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_sampling_json(make_pair, capsys):
+    target, draft = make_pair("llama")
+    argv = ["--target-model", target, "--draft-model", draft, "--no-chat", "--prompt", "hello there",
+            "--max-new-tokens", "20", "--json", "--baseline", "--temperature", "0.8", "--top-k", "50", "--seed", "4"]
+    reports = []
+    for _ in range(2):
+        assert cli_main(argv) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    report = reports[0]
+    assert report["sampling"] == {"temperature": 0.8, "top_p": 1.0, "top_k": 50, "min_p": 0.0, "seed": 4,
+                                  "acceptance": "speculative"}
+    assert report["exact"] is None  # sampled runs agree in distribution, not token for token
+    assert report["tokens"] == reports[1]["tokens"] and report["baseline_tokens"] == reports[1]["baseline_tokens"]
+    assert len(report["tested_proposals"]) == len(report["expected_accepted"]) == len(report["acceptance_lengths"])
+    assert 0 <= report["expected_match_acceptance_rate"] <= report["expected_acceptance_rate"] <= 1
