@@ -48,7 +48,8 @@ def weights(directory: Path) -> dict:
 def test_loss_falls_and_the_drafter_decodes_losslessly(family, llama, tmp_path, monkeypatch):
     target, data_dir = llama if family == "llama" else make_tiny_data(tmp_path, family)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    config = tiny_config(target, data_dir, tmp_path / "run", wandb="disabled" if family == "llama" else "offline")
+    wandb = "disabled" if family == "llama" else "offline"
+    config = tiny_config(target, data_dir, tmp_path / "run", wandb=wandb, save_dtype="bfloat16")
     drafter = train(config)
 
     losses = [m["loss"] for m in metrics(tmp_path / "run")]
@@ -59,6 +60,7 @@ def test_loss_falls_and_the_drafter_decodes_losslessly(family, llama, tmp_path, 
         assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
 
     # The drafter is in the published format and the real decode loop reproduces greedy decoding.
+    assert all(w.dtype == mx.bfloat16 for w in weights(drafter).values())
     model, tokenizer = dflash.load(str(target), str(drafter))
     assert model.draft.config.target_layer_ids == model.adapter.default_layer_ids(2)
     prompt = "Speculative decoding drafts a block"

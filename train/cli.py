@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-prompts", type=int, default=DEFAULTS.eval_prompts, help="held-out sequences for tau (0: none)"
     )
     run.add_argument("--eval-max-tokens", type=positive_int, default=DEFAULTS.eval_max_tokens)
+    run.add_argument("--save-dtype", choices=["bfloat16", "float16"], default=None,
+                     help="dtype of the finished RUN/drafter (default float32; checkpoints stay float32)")  # fmt: skip
     run.add_argument(
         "--wandb", choices=["offline", "online", "disabled"], default=os.environ.get("WANDB_MODE", "offline")
     )

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from dflash.errors import DFlashError
 from dflash.generate import generate
-from dflash.loading import DFlashModel, check_pair, save_draft
+from dflash.loading import DTYPES, DFlashModel, check_pair, save_draft
 from dflash.model import DFlashDraftModel, DraftConfig
 
 from . import checkpoint
@@ -63,6 +63,7 @@ class TrainConfig:
     eval_every: int = 100
     eval_prompts: int = 8  # the last sequences of the data, held out
     eval_max_tokens: int = 128
+    save_dtype: Optional[str] = None  # RUN/drafter in float32 (None), bfloat16 or float16; checkpoints stay float32
     wandb: str = "offline"  # offline | online | disabled
     wandb_project: str = "dflash-mlx"
 
@@ -192,10 +193,13 @@ def train(config: TrainConfig) -> Path:
         if latest is not None:
             state = checkpoint.load_checkpoint(latest, draft, optimizer)
             changed = [k for k in TRAJECTORY_FIELDS if state["config"][k] != asdict(config)[k]]
+            if state["num_sequences"] != len(sequences):
+                changed.append(f"{state['num_sequences']} sequences in --data, now {len(sequences)}")
             if changed:
                 raise DFlashError(f"{out} holds a run with other settings ({', '.join(changed)}); use another --out")
             step, run_id = state["step"], state["wandb_run_id"]
             print(f"resuming from {latest} at step {step}")
+    # Only rank 0 reads the checkpoint (other machines need not have it); every rank starts from its state.
     draft.update(broadcast_from_rank0(draft.parameters(), group))
     optimizer.state = broadcast_from_rank0(optimizer.state, group)
     step = int(broadcast_from_rank0(mx.array(step), group).item())
@@ -253,13 +257,8 @@ def train(config: TrainConfig) -> Path:
             if run is not None:
                 run.log(record, step=step)
             if step % config.save_every == 0 or step == last_step:
-                state = {
-                    "step": step,
-                    "epoch": epoch,
-                    "seed": config.seed,
-                    "config": asdict(config),
-                    "wandb_run_id": run_id,
-                }
+                state = {"step": step, "epoch": epoch, "num_sequences": len(sequences), "config": asdict(config),
+                         "wandb_run_id": run_id}  # fmt: skip
                 checkpoint.save_checkpoint(out, step, draft, optimizer, state, config.keep_checkpoints)
             progress.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.2f}")
             progress.update(1)
@@ -267,7 +266,7 @@ def train(config: TrainConfig) -> Path:
 
     drafter_dir = out / "drafter"
     if rank == 0:
-        save_draft(draft, drafter_dir)
+        save_draft(draft, drafter_dir, DTYPES[config.save_dtype] if config.save_dtype else None)
         if run is not None:
             run.finish()
     return drafter_dir
