@@ -4,6 +4,7 @@ and checking that a drafter fits its target."""
 import glob
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
@@ -108,9 +109,7 @@ def save_draft(draft: DFlashDraftModel, directory, dtype: Optional[mx.Dtype] = N
         old = directory.with_name(directory.name + ".old")
         os.replace(directory, old)
         os.replace(tmp, directory)
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
+        shutil.rmtree(old)
     else:
         os.replace(tmp, directory)
 
