@@ -4,6 +4,7 @@ With no model arguments it runs the offline default pair shipped in dflash/check
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -106,6 +107,7 @@ def run(args) -> dict:
         raise DFlashError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     check_prompt(args.prompt)
     check_threshold(args.route_threshold)
+    settings = SamplingSettings(args.temperature, args.top_p, args.top_k, args.min_p)
     fast, route, reason, router_latency = None, args.route, "chosen with --route", 0.0
     if args.route == "auto":
         if args.router != "guardrails":  # the guardrails alone need no model
@@ -113,22 +115,27 @@ def run(args) -> dict:
         decision = make_router(args.router, fast, args.router_probe, args.route_threshold).route(args.prompt)
         route, reason, router_latency = decision.route, decision.reason, decision.latency_s
     if route == FAST:
-        report = run_fast(args, fast or load_fast_model(args.fast_model, args.dtype))
+        report = run_fast(args, fast or load_fast_model(args.fast_model, args.dtype), settings)
     else:
-        report = run_expert(args)
+        report = run_expert(args, settings)
     return {"route": route, "route_reason": reason, "router_latency_s": router_latency, **report}
 
 
-def run_fast(args, fast) -> dict:
-    """Plain mlx-lm greedy decoding of the fast model alone."""
+def run_fast(args, fast, settings: SamplingSettings) -> dict:
+    """Plain mlx-lm decoding of the fast model alone: greedy, or sampling with `settings`."""
+    import mlx.core as mx
     from mlx_lm import stream_generate as mlx_stream_generate
 
     from .generate import encode_prompt
 
     # encode_prompt needs only `.adapter` (chat template, context window), which the fast model has.
     prompt_ids = encode_prompt(fast, fast.tokenizer, args.prompt, chat=args.chat)
+    sampler = None if settings.greedy else settings.mlx_sampler(fast.adapter.vocab_size)
+    if args.seed is not None:  # mlx-lm's sampler draws from mlx's global generator
+        mx.random.seed(args.seed)
     tokens, text = [], ""
-    for response in mlx_stream_generate(fast.model, fast.tokenizer, prompt_ids, max_tokens=args.max_new_tokens):
+    responses = mlx_stream_generate(fast.model, fast.tokenizer, prompt_ids, args.max_new_tokens, sampler=sampler)
+    for response in responses:
         if response.finish_reason != "stop":  # a stop token ends the text without being part of it
             tokens.append(response.token)
         text += response.text
@@ -149,14 +156,14 @@ def run_fast(args, fast) -> dict:
         "tokens_per_second": response.generation_tps,
         "prompt_tokens_per_second": response.prompt_tps,
         "peak_memory_gb": response.peak_memory,
+        "sampling": {**dataclasses.asdict(settings), "seed": args.seed},
     }
 
 
-def run_expert(args) -> dict:
+def run_expert(args, settings: SamplingSettings) -> dict:
     from .generate import baseline_generate, encode_prompt, generate, stream_generate
     from .loading import load
 
-    settings = SamplingSettings(args.temperature, args.top_p, args.top_k, args.min_p)
     target, draft = resolve_models(args)
     model, tokenizer = load(target, draft, dtype=args.dtype)
     prompt_ids = encode_prompt(model, tokenizer, args.prompt, chat=args.chat)

@@ -49,6 +49,19 @@ def test_forced_routes_report_the_route_and_give_the_same_greedy_tokens(capsys, 
     assert expert["draft_model"] == models["draft"] and "mean_acceptance" in expert
 
 
+def test_fast_route_samples_with_the_sampling_options(capsys, models):
+    sampled = [
+        run_cli(
+            capsys, models, "--route", "fast", "--temperature", "1.5", "--seed", str(seed), "--max-new-tokens", "12"
+        )[1]
+        for seed in (7, 7, 8)
+    ]
+    assert sampled[0]["tokens"] == sampled[1]["tokens"] != sampled[2]["tokens"]
+    assert sampled[0]["sampling"] == {"temperature": 1.5, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "seed": 7}
+    code, _, err = run_cli(capsys, models, "--route", "fast", "--temperature", "1", "--top-p", "0")
+    assert code == 2 and "top-p" in err
+
+
 def test_fast_route_loads_no_expert_model(capsys, models):
     code, report, _ = run_cli(capsys, models, "--route", "fast", "--target-model", "/nonexistent/target")
     assert code == 0 and report["route"] == FAST
