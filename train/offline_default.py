@@ -43,7 +43,7 @@ MODELS = {
         "max_parameters": 1_500_000,
         "args": dict(hidden_size=128, num_hidden_layers=4, intermediate_size=384,
                      num_attention_heads=4, num_key_value_heads=2, head_dim=32),
-        "pretrain": dict(steps=180, batch_size=4, learning_rate=3e-3, warmup_steps=10),
+        "pretrain": dict(steps=160, batch_size=4, learning_rate=1e-3, adam_betas=(0.9, 0.95), warmup_steps=10),
     },
 }
 

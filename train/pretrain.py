@@ -40,6 +40,7 @@ class PretrainConfig:
     seq_len: int = 512
     batch_size: int = 4
     learning_rate: float = 2e-3
+    adam_betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 30
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
@@ -179,9 +180,10 @@ def pretrain(
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(model_args, cfg.seed)
-    optimizer = optim.AdamW(learning_rate=learning_rate_schedule(cfg), weight_decay=cfg.weight_decay)
+    optimizer = optim.AdamW(learning_rate=learning_rate_schedule(cfg), betas=list(cfg.adam_betas), weight_decay=cfg.weight_decay)
     optimizer.init(model.trainable_parameters())
-    run = {"model_args": dataclasses.asdict(model_args), "pretrain_config": dataclasses.asdict(cfg)}
+    # Through JSON so it compares equal to the copy read back from a checkpoint (tuples become lists).
+    run = json.loads(json.dumps({"model_args": dataclasses.asdict(model_args), "pretrain_config": dataclasses.asdict(cfg)}))
     start_step = load_checkpoint(work_dir / "checkpoints", model, optimizer, run)
 
     loss_and_grad = nn.value_and_grad(model, lm_loss)
