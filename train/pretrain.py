@@ -200,6 +200,7 @@ def pretrain(
     train_seconds, losses = 0.0, []
     with open(work_dir / "metrics.jsonl", "a") as metrics, tqdm(total=cfg.steps, initial=start_step, desc=work_dir.name) as bar:
         for step in range(start_step, cfg.steps):
+            done = step + 1
             inputs, targets = chunks(train_stream, batch_indices(n_chunks, cfg.batch_size, step, cfg.seed), cfg.seq_len)
             tic = time.perf_counter()
             loss, grad_norm = train_step(inputs, targets)
@@ -208,13 +209,12 @@ def pretrain(
             train_seconds += seconds
             losses.append(loss.item())
             record = {
-                "step": step + 1,
+                "step": done,
                 "loss": losses[-1],
                 "grad_norm": grad_norm.item(),
                 "learning_rate": optimizer.learning_rate.item(),
                 "tokens_per_s": tokens_per_step / seconds,
             }
-            done = step + 1
             if done % cfg.eval_every == 0 or done == cfg.steps:
                 record["heldout_loss"] = evaluate(model, heldout_stream, cfg)
             metrics.write(json.dumps(record) + "\n")
