@@ -89,7 +89,12 @@ def test_tokenizer_loads_in_mlx_lm_with_chat_template_and_eos(tokenizer_dir, sma
     exchange = [{"role": "user", "content": "Write it."}, {"role": "assistant", "content": "def f():\n    pass"}]
     assert tokenizer.apply_chat_template(exchange, tokenize=False) == format_chat("Write it.", "def f():\n    pass")
     prompt = tokenizer.apply_chat_template(exchange[:1], tokenize=False, add_generation_prompt=True)
-    assert format_chat("Write it.", "def f():\n    pass").startswith(prompt)
+    full = format_chat("Write it.", "def f():\n    pass")
+    assert full.startswith(prompt)
+    # The generation prompt must tokenize as it does inside the training text (the "\n\n" after
+    # the header), or the model sees a token at inference it never saw in that place.
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    assert tokenizer.encode(full, add_special_tokens=False)[: len(prompt_ids)] == prompt_ids
 
     assert tokenizer.eos_token == EOT
     assert tokenizer.convert_tokens_to_ids(EOT) in tokenizer.eos_token_ids
@@ -120,7 +125,7 @@ def streams(tokenizer_dir, small_corpus):
 def test_pretraining_lowers_the_loss_and_exports_an_mlx_lm_model(tmp_path, streams, tokenizer_dir):
     tokenizer, train_stream, heldout_stream = streams
     args = tiny_args(tokenizer.get_vocab_size())
-    cfg = PretrainConfig(steps=40, seq_len=64, batch_size=4, learning_rate=3e-3, warmup_steps=4, eval_every=40, eval_batches=2)
+    cfg = PretrainConfig(steps=80, seq_len=64, batch_size=4, learning_rate=3e-3, warmup_steps=4, eval_every=80, eval_batches=2)
     model, summary = pretrain(args, cfg, train_stream, heldout_stream, tmp_path / "run")
     first_loss = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["loss"]
     assert summary["train_loss_last_50_steps"] < first_loss - 0.5

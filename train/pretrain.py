@@ -39,8 +39,8 @@ class PretrainConfig:
     steps: int
     seq_len: int = 512
     batch_size: int = 4
-    learning_rate: float = 2e-3
-    adam_betas: tuple[float, float] = (0.9, 0.999)
+    learning_rate: float = 1e-3
+    adam_betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = 30
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1

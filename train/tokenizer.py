@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 BOS = "<|begin_of_text|>"
 END_OF_TEXT = "<|end_of_text|>"
@@ -31,6 +31,14 @@ CHAT_TEMPLATE = (
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
+# Llama 3's pre-tokenization regex. Unlike GPT-2's, it splits a newline run off the same way
+# whatever follows, so the "\n\n" that ends a generation prompt is the token it was in training
+# (GPT-2's regex gives "\n\n" at the end of a string but "\n", "\n" before "def").
+SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
 
 def format_chat(prompt: str, response: str) -> str:
     """One user/assistant exchange exactly as CHAT_TEMPLATE renders it (the training text)."""
@@ -41,13 +49,18 @@ def format_chat(prompt: str, response: str) -> str:
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:
-    """Byte-level BPE (GPT-2 pre-tokenization) with SPECIAL_TOKENS as ids 0..5.
+    """Byte-level BPE (Llama 3 pre-tokenization) with SPECIAL_TOKENS as ids 0..5.
 
     Plain `encode(text)` prepends BOS like Llama 3's tokenizer; chat text already carries it
     from the template and is encoded with add_special_tokens=False.
     """
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
