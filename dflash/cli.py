@@ -20,7 +20,8 @@ DEFAULT_TARGET = CHECKPOINTS / "expert"
 DEFAULT_DRAFT = CHECKPOINTS / "expert-dflash"
 DEFAULT_FAST = CHECKPOINTS / "fast"
 DEFAULT_ROUTER_PROBE = CHECKPOINTS / "router-probe.safetensors"
-DEFAULT_PROMPT = "Write a Python function that returns the n-th Fibonacci number."
+# A held-out prompt (train/data/heldout_prompts.jsonl): the shipped pair never trained on it.
+DEFAULT_PROMPT = "Write the function `ismount` from the `ntpath` module."
 
 # Published pairs: (target, drafter) Hugging Face repo ids.
 PRESETS = {
