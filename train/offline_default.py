@@ -1,10 +1,11 @@
 """Build the offline default models shipped in dflash/checkpoints/ from text that ships with Python.
 
-    uv run python -m train.offline_default --stage base --out dflash/checkpoints
+    uv run python -m train.offline_default --stage all --out dflash/checkpoints
 
-corpus (train/corpus.py) -> held-out prompts (train/data/heldout_prompts.jsonl) -> byte-level
+base: corpus (train/corpus.py) -> held-out prompts (train/data/heldout_prompts.jsonl) -> byte-level
 BPE tokenizer (train/tokenizer.py) -> pretrain the "expert" target LM -> pretrain the "fast" LM
-(train/pretrain.py). Each model directory gets the tokenizer files and a train_config.json with
+(train/pretrain.py). drafter: the expert answers training prompts (`dflash-train regenerate`),
+then its DFlash drafter trains on those answers (`dflash-train run`), with DRAFTER_ARGS. Each model directory gets the tokenizer files and a train_config.json with
 every setting and the run's results. Intermediate state (tokenizer, metrics.jsonl, checkpoints)
 lives in --work-dir; rerunning the command resumes an interrupted pretraining.
 
@@ -17,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -49,6 +51,15 @@ MODELS = {
     },
 }
 
+# The expert's DFlash drafter: `dflash-train` arguments (after --target/--data/--out).
+DRAFTER_PROMPTS = 320
+REGENERATE_ARGS = ["--limit", str(DRAFTER_PROMPTS), "--max-tokens", "320", "--batch-size", "32"]
+DRAFTER_ARGS = [
+    "--draft-layers", "1", "--target-layer-ids", "1,4,6", "--block-size", "16", "--anchors", "48",
+    "--epochs", "3", "--batch-size", "8", "--lr", "2e-3", "--eval-every", "40", "--eval-prompts", "8",
+    "--eval-max-tokens", "96", "--save-every", "20", "--save-dtype", "bfloat16", "--max-length", "512",
+]  # fmt: skip
+
 # Prose (topics, module docstrings) is ~5% of the corpus; repeating it gives the models more of it.
 KIND_REPEATS = {"topic": 3, "module": 2}
 
@@ -75,7 +86,8 @@ def build_tokenizer(corpus, tokenizer_dir: Path) -> Tokenizer:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=["base"], default="base", help="base: corpus, tokenizer, expert and fast LMs")
+    parser.add_argument("--stage", choices=["base", "drafter", "all"], default="all",
+                        help="base: corpus, tokenizer, expert and fast LMs; drafter: the expert's DFlash drafter")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("dflash/checkpoints"))
     parser.add_argument("--work-dir", type=Path, default=Path("runs/offline_default"))
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
@@ -83,6 +95,50 @@ def main() -> None:
     args = parser.parse_args()
 
     corpus = build_corpus(seed=args.seed)
+    if args.stage in ("base", "all"):
+        build_base_models(args, corpus)
+    if args.stage in ("drafter", "all"):
+        build_drafter(args, corpus)
+
+
+def build_drafter(args, corpus) -> None:
+    """Regenerate training answers with the shipped expert, train its drafter, ship it."""
+    from train.cli import main as dflash_train
+
+    expert, work = args.out / "expert", args.work_dir / "drafter"
+    work.mkdir(parents=True, exist_ok=True)
+    prompts_file = work / "prompts.parquet"
+    if not prompts_file.exists():
+        corpus["train"].to_parquet(str(prompts_file))  # shuffled train split: held-out prompts never appear
+    data, run = work / "data", work / "run"
+    commands = [
+        ["regenerate", "--target", str(expert), "--prompts", str(prompts_file), "--out", str(data), *REGENERATE_ARGS],
+        ["run", "--target", str(expert), "--data", str(data), "--out", str(run), "--seed", str(args.seed), *DRAFTER_ARGS],
+    ]
+    tic = time.time()
+    for command in commands:
+        if dflash_train(command) != 0:
+            raise SystemExit(f"dflash-train {command[0]} failed")
+    ship_drafter(run, args.out / "expert-dflash", commands, time.time() - tic)
+
+
+def ship_drafter(run: Path, shipped: Path, commands, seconds: float) -> None:
+    """Copy the run's finished drafter to `shipped`, with the commands and results beside it."""
+    if shipped.exists():
+        shutil.rmtree(shipped)
+    shutil.copytree(run / "drafter", shipped)
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_config = {
+        "command": " ".join(["python -m train.offline_default"] + sys.argv[1:]),
+        "dflash_train": [" ".join(["dflash-train", *command]) for command in commands],
+        "results": {"final": metrics[-1], "tau": [m["tau"] for m in metrics if "tau" in m],
+                    "wall_seconds": seconds},
+    }  # fmt: skip
+    (shipped / "train_config.json").write_text(json.dumps(train_config, indent=2) + "\n")
+    print(json.dumps(train_config["results"], indent=2), flush=True)
+
+
+def build_base_models(args, corpus) -> None:
     prompts = heldout_prompts(corpus["heldout"], seed=args.seed)
     write_heldout_prompts(prompts)
     tokenizer_dir = args.work_dir / "tokenizer"
