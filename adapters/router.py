@@ -35,6 +35,10 @@ ROUTERS = ("probe", "judge", "guardrails")  # what stacks under the guardrails
 DEFAULT_THRESHOLD = 0.3  # P(expert) at or above which a scoring policy picks the expert
 PROBE_FORMAT = "dflash-router-probe"
 PROBE_MAX_TOKENS = 512  # the probe reads the first tokens of a long prompt
+# A probe keeps the features of this prompt on the model it was trained on: another model of the
+# same shape (a retrained fast model) gives different ones. The tolerance allows for dtypes.
+CANARY_PROMPT = "The router probe checks that it reads the hidden states of the model it was trained on."
+CANARY_TOLERANCE = 0.05  # relative L2 distance
 JUDGE_MAX_CHARS = 2000  # and the judge the first characters
 
 
@@ -310,6 +314,7 @@ class Probe:
     bias: mx.array  # [1]
     feature_mean: mx.array  # [F]
     feature_std: mx.array  # [F]
+    canary_features: mx.array  # [F] pooled features of CANARY_PROMPT on the model trained on
     layer_ids: List[int]
     hidden_size: int
     num_layers: int
@@ -323,7 +328,8 @@ class Probe:
         """Logit of P(expert) for features [..., F]."""
         return ((features - self.feature_mean) / self.feature_std) @ self.weight + self.bias[0]
 
-    def check_fits(self, adapter: DecoderAdapter) -> None:
+    def check_fits(self, fast: FastModel) -> None:
+        adapter = fast.adapter
         if self.hidden_size != adapter.hidden_size:
             raise DFlashError(
                 f"the router probe was trained for a model of hidden size {self.hidden_size}; "
@@ -334,6 +340,13 @@ class Probe:
                 f"the router probe was trained for a model of {self.num_layers} layers and {self.vocab_size} "
                 f"tokens; the fast model has {adapter.num_layers} and {adapter.vocab_size} "
                 "(train one for it with dflash-train-router)"
+            )
+        canary = pooled_features(fast, CANARY_PROMPT, self.layer_ids)
+        drift = (mx.linalg.norm(canary - self.canary_features) / mx.linalg.norm(self.canary_features)).item()
+        if not drift <= CANARY_TOLERANCE:
+            raise DFlashError(
+                f"the router probe was trained on another model: the fast model's hidden states on a reference "
+                f"prompt differ by {drift:.0%} (train one for it with dflash-train-router)"
             )
 
     def save(self, path) -> None:
@@ -346,7 +359,13 @@ class Probe:
             "vocab_size": str(self.vocab_size),
         }
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tensors = dict(weight=self.weight, bias=self.bias, feature_mean=self.feature_mean, feature_std=self.feature_std)
+        tensors = dict(
+            weight=self.weight,
+            bias=self.bias,
+            feature_mean=self.feature_mean,
+            feature_std=self.feature_std,
+            canary_features=self.canary_features,
+        )
         mx.save_safetensors(str(path), tensors, metadata=metadata)
 
 
@@ -368,6 +387,7 @@ def load_probe(path) -> Probe:
             bias=tensors["bias"],
             feature_mean=tensors["feature_mean"],
             feature_std=tensors["feature_std"],
+            canary_features=tensors["canary_features"],
             layer_ids=[int(i) for i in json.loads(metadata["layer_ids"])],
             hidden_size=int(metadata["hidden_size"]),
             num_layers=int(metadata["num_layers"]),
@@ -375,8 +395,8 @@ def load_probe(path) -> Probe:
         )
     except (KeyError, ValueError, TypeError) as e:
         raise DFlashError(f"router probe {path} is incomplete or corrupt: {type(e).__name__}: {e}") from None
-    shapes = [tuple(t.shape) for t in (probe.weight, probe.feature_mean, probe.feature_std)]
-    if shapes != [(probe.num_features,)] * 3 or probe.bias.shape != (1,):
+    vectors = (probe.weight, probe.feature_mean, probe.feature_std, probe.canary_features)
+    if any(v.shape != (probe.num_features,) for v in vectors) or probe.bias.shape != (1,):
         raise DFlashError(f"router probe {path} has tensors of the wrong shape for its metadata")
     return probe
 
@@ -386,7 +406,7 @@ class ProbePolicy(ScoringPolicy):
 
     def __init__(self, probe: Probe, fast: FastModel, threshold: float = DEFAULT_THRESHOLD):
         super().__init__(threshold)
-        probe.check_fits(fast.adapter)
+        probe.check_fits(fast)
         self.probe, self.fast = probe, fast
 
     def expert_probability(self, prompt: str) -> float:

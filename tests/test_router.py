@@ -291,6 +291,16 @@ def test_probe_for_another_model_of_the_same_width_is_refused(trained_probe, tmp
         ProbePolicy(load_probe(trained_probe), load_fast_model(str(deeper)))
 
 
+def test_probe_for_a_retrained_model_of_the_same_shape_is_refused(trained_probe, tmp_path):
+    retrained = save_target(tmp_path / "retrained", target_config("llama"), seed=5)
+    with pytest.raises(DFlashError, match="trained on another model: the fast model's hidden states"):
+        ProbePolicy(load_probe(trained_probe), load_fast_model(str(retrained)))
+
+
+def test_probe_accepts_its_model_in_another_dtype(trained_probe, fast_model_dir):
+    ProbePolicy(load_probe(trained_probe), load_fast_model(fast_model_dir, dtype="bfloat16"))
+
+
 def test_unreadable_probe_files_are_refused(tmp_path, make_pair):
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x00\x01 definitely not safetensors")

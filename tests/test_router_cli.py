@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.router import EXPERT, FAST, Guardrails, read_labeled_prompts
+from adapters.router import EXPERT, FAST, Guardrails, load_fast_model, make_router, read_labeled_prompts
+from dflash.cli import DEFAULT_FAST, DEFAULT_ROUTER_PROBE
 from dflash.cli import main as cli_main
 from eval.cli import main as eval_main
 from tests.tiny_models import save_target, target_config
@@ -216,3 +217,14 @@ def test_guardrails_never_fire_on_the_shipped_fast_prompts():
         if e.label == FAST and guardrails.decide(e.prompt)
     ]
     assert fired == []
+
+
+@pytest.mark.skipif(not DEFAULT_FAST.is_dir(), reason="the shipped fast model is not built")
+def test_shipped_probe_fits_the_shipped_fast_model_and_keeps_expert_recall():
+    # A retrained fast model fails the probe's canary check here: retrain the probe with it.
+    router = make_router("probe", load_fast_model(str(DEFAULT_FAST)), DEFAULT_ROUTER_PROBE)
+    examples = read_labeled_prompts(SUITES / "routing_test.jsonl")
+    routes = [router.route(e.prompt).route for e in examples]
+    experts = [route for e, route in zip(examples, routes) if e.label == EXPERT]
+    assert experts.count(EXPERT) / len(experts) >= 0.95
+    assert sum(e.label == route for e, route in zip(examples, routes)) / len(examples) >= 0.8

@@ -22,6 +22,7 @@ import mlx.optimizers as optim
 import numpy as np
 
 from adapters.router import (
+    CANARY_PROMPT,
     EXPERT,
     FastModel,
     LabeledPrompt,
@@ -115,7 +116,10 @@ def train_probe(
     l2 = min(L2_GRID, key=lambda value: scores[value]["log_loss"])
     mean, std = standardisation(features)
     weight, bias = fit_logistic((features - mean) / std, labels, l2, steps, lr)
-    probe = Probe(weight, bias, mean, std, list(layer_ids), adapter.hidden_size, adapter.num_layers, adapter.vocab_size)
+    canary = pooled_features(fast, CANARY_PROMPT, layer_ids)
+    probe = Probe(
+        weight, bias, mean, std, canary, list(layer_ids), adapter.hidden_size, adapter.num_layers, adapter.vocab_size
+    )
     train_accuracy = ((probe.logits(features) > 0) == (labels > 0)).mean().item()
     summary = {
         "fast_model": fast.path,
