@@ -36,6 +36,7 @@ from adapters.router import (
     read_labeled_prompts,
 )
 from dflash.cli import DEFAULT_DRAFT, DEFAULT_FAST, DEFAULT_ROUTER_PROBE, DEFAULT_TARGET, DEFAULT_THRESHOLD
+from dflash.errors import DFlashError
 from dflash.generate import encode_prompt
 
 DEFAULT_DATA = Path(__file__).resolve().parent / "suites" / "routing_test.jsonl"
@@ -228,6 +229,9 @@ def end_to_end(
 
 def router(args, argv: List[str]) -> None:
     check_threshold(args.threshold)
+    for option in ("e2e_prompts", "max_tokens", "repeats"):
+        if getattr(args, option) < 1:
+            raise DFlashError(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
     examples = read_labeled_prompts(args.data)
     fast = load_fast_model(args.fast_model, args.dtype) if args.router != "guardrails" else None
     routing = make_router(args.router, fast, args.router_probe, args.threshold)
@@ -243,6 +247,8 @@ def router(args, argv: List[str]) -> None:
         fast = fast or load_fast_model(args.fast_model, args.dtype)
         expert, expert_tokenizer = dflash.load(args.target_model, args.draft_model, dtype=args.dtype)
         simple = [e.prompt for e in examples if e.label == FAST][: args.e2e_prompts]
+        if not simple:
+            raise DFlashError(f"{args.data} has no fast-labelled prompt to time end to end")
         report["end_to_end"] = end_to_end(
             routing,
             fast,

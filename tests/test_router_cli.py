@@ -177,13 +177,21 @@ def test_eval_router_text_summary(capsys, tmp_path):
     assert "accuracy 0.800 | expert recall 0.667" in out and "[expert -> fast]" in out
 
 
-def test_eval_router_refuses_a_bad_data_file(capsys, tmp_path):
-    data = tmp_path / "bad.jsonl"
-    data.write_text('{"prompt": "hi", "label": "maybe"}\n')
-    with pytest.raises(SystemExit) as exit_info:
-        eval_main(["router", "--data", str(data), "--router", "guardrails", "--no-e2e"])
-    assert exit_info.value.code == 1
-    assert "label 'maybe'" in capsys.readouterr().err
+def test_eval_router_refuses_bad_input(capsys, models, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "hi", "label": "maybe"}\n')
+    experts_only = write_set(tmp_path / "experts.jsonl", [row for row in SMALL_SET if row[1] == EXPERT])
+    pair = ["--target-model", models["target"], "--draft-model", models["draft"], "--fast-model", models["fast"]]
+    cases = [
+        (["--data", str(bad), "--no-e2e"], "label 'maybe'"),
+        (["--data", str(experts_only), "--e2e", *pair], "no fast-labelled prompt"),
+        (["--data", str(experts_only), "--e2e-prompts", "0"], "--e2e-prompts must be at least 1"),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            eval_main(["router", "--router", "guardrails", *args])
+        assert exit_info.value.code == 1
+        assert message in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------
