@@ -16,7 +16,7 @@ import mlx.core as mx
 import dflash
 from dflash.cli import DEFAULT_DRAFT, DEFAULT_TARGET
 from dflash.errors import DFlashError
-from dflash.loading import DTYPES, load_target
+from dflash.loading import load_target
 
 from .bench import METHOD_NAMES, analyse, run_benchmark
 from .environment import environment
@@ -92,13 +92,9 @@ SUBCOMMANDS = [add_bench, add_router]
 
 
 def load_mlx_draft(path: str, tokenizer, dtype: str):
-    try:
-        draft_model, draft_tokenizer = load_target(path)
-    except DFlashError as e:
-        raise DFlashError(f"--mlx-draft-model: {e}") from None
+    draft_model, draft_tokenizer = load_target(path, dtype, what="--mlx-draft-model")  # computes as the target does
     if draft_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise DFlashError(f"mlx draft model '{path}' does not share the target's tokenizer")
-    draft_model.set_dtype(DTYPES[dtype])  # compute as the target does
     return draft_model
 
 

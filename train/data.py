@@ -19,7 +19,7 @@ from tqdm import tqdm
 from adapters import adapter_for
 from dflash.errors import DFlashError
 from dflash.generate import encode_prompt
-from dflash.loading import DTYPES, DFlashModel, default_dtype, load_target
+from dflash.loading import DFlashModel, load_target
 
 PROMPT_FIELDS = ("messages", "conversations", "conversation", "prompt", "instruction", "question", "input", "text")
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
@@ -40,9 +40,6 @@ def load_training_target(path: str):
     """The target in the dtype it computes in for decoding (float32 on the CPU backend).
     Returns (model, tokenizer, adapter)."""
     model, tokenizer = load_target(path)
-    dtype = default_dtype()
-    if dtype is not None:
-        model.set_dtype(DTYPES[dtype])
     return model, tokenizer, adapter_for(model)
 
 
