@@ -7,16 +7,18 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from adapters import DecoderAdapter, adapter_for
 
 from .errors import DFlashError
 from .model import DFlashDraftModel, DraftConfig
+
+if TYPE_CHECKING:
+    from adapters import DecoderAdapter
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
@@ -26,7 +28,7 @@ class DFlashModel:
     """A target model, its adapter and a drafter bound to it."""
 
     target: nn.Module
-    adapter: DecoderAdapter
+    adapter: "DecoderAdapter"
     draft: DFlashDraftModel
 
     @property
@@ -114,7 +116,7 @@ def save_draft(draft: DFlashDraftModel, directory, dtype: Optional[mx.Dtype] = N
         os.replace(tmp, directory)
 
 
-def check_pair(adapter: DecoderAdapter, config: DraftConfig) -> None:
+def check_pair(adapter: "DecoderAdapter", config: DraftConfig) -> None:
     """Raise a DFlashError naming the first way the drafter does not fit the target."""
     if config.hidden_size != adapter.hidden_size:
         raise DFlashError(
@@ -168,6 +170,9 @@ def load(target: str, draft: str, dtype: Optional[str] = "auto") -> Tuple[DFlash
     dtype: "auto" (float32 on the CPU backend, the checkpoint's dtype elsewhere), None to keep
     the checkpoint's, or one of float32 / bfloat16 / float16.
     """
+    # Imported here: adapters/ imports dflash, which would otherwise import adapters back.
+    from adapters import adapter_for
+
     target_model, tokenizer = load_target(target, dtype)
     adapter = adapter_for(target_model)
     draft_model = load_draft(draft)

@@ -241,3 +241,12 @@ def test_cli_json_with_baseline(make_pair, capsys):
         assert key in report
     assert report["exact"] is True and report["generated_tokens"] == len(report["tokens"]) == 20
     assert report["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("package", ["adapters", "train", "eval", "dflash"])
+def test_every_package_imports_first_in_a_fresh_process(package):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", f"import {package}"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
