@@ -129,8 +129,7 @@ def run_fast(args, fast, settings: SamplingSettings) -> dict:
 
     from .generate import encode_prompt
 
-    # encode_prompt needs only `.adapter` (chat template, context window), which the fast model has.
-    prompt_ids = encode_prompt(fast, fast.tokenizer, args.prompt, chat=args.chat)
+    prompt_ids = encode_prompt(fast.adapter, fast.tokenizer, args.prompt, chat=args.chat)
     sampler = None if settings.greedy else settings.mlx_sampler(fast.adapter.vocab_size)
     if args.seed is not None:  # mlx-lm's sampler draws from mlx's global generator
         mx.random.seed(args.seed)
@@ -167,13 +166,13 @@ def run_expert(args, settings: SamplingSettings) -> dict:
 
     target, draft = resolve_models(args)
     model, tokenizer = load(target, draft, dtype=args.dtype)
-    prompt_ids = encode_prompt(model, tokenizer, args.prompt, chat=args.chat)
+    prompt_ids = encode_prompt(model.adapter, tokenizer, args.prompt, chat=args.chat)
     options = dict(block_size=args.block_size, acceptance=make_acceptance(settings, args.acceptance, args.seed))
     baseline_sampler = None if settings.greedy else settings.mlx_sampler(model.adapter.vocab_size)
 
     if args.baseline:  # warm both paths up so neither pays first-call costs in the timing
         generate(model, tokenizer, prompt_ids, 8, **options)
-        baseline_generate(model, tokenizer, prompt_ids, 8, sampler=baseline_sampler)
+        baseline_generate(model.adapter, tokenizer, prompt_ids, 8, sampler=baseline_sampler)
 
     if args.stream and not args.json:
         tokens, text = [], ""
@@ -221,7 +220,7 @@ def run_expert(args, settings: SamplingSettings) -> dict:
         )
     if args.baseline:
         baseline_tokens, baseline_tps = baseline_generate(
-            model, tokenizer, prompt_ids, args.max_new_tokens, sampler=baseline_sampler, seed=args.seed
+            model.adapter, tokenizer, prompt_ids, args.max_new_tokens, sampler=baseline_sampler, seed=args.seed
         )
         report.update(
             baseline_tokens=baseline_tokens,

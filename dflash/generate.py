@@ -66,16 +66,17 @@ class GenerationResult:
     finish_reason: str
 
 
-def encode_prompt(model: DFlashModel, tokenizer, prompt: Union[str, List[int]], chat: bool = False) -> List[int]:
+def encode_prompt(adapter, tokenizer, prompt: Union[str, List[int]], chat: bool = False) -> List[int]:
+    """Token ids of `prompt` for the target behind `adapter`, checked against its context window."""
     if isinstance(prompt, str):
         if not prompt.strip():
             raise DFlashError("the prompt is empty")
-        text = model.adapter.apply_chat_template(tokenizer, prompt) if chat else prompt
+        text = adapter.apply_chat_template(tokenizer, prompt) if chat else prompt
         # A chat template writes its own BOS; otherwise let the tokenizer add it.
         prompt = tokenizer.encode(text, add_special_tokens=not chat)
     if len(prompt) == 0:
         raise DFlashError("the prompt is empty")
-    window = model.adapter.context_window
+    window = adapter.context_window
     if window and len(prompt) > window:
         raise DFlashError(f"the prompt has {len(prompt)} tokens; the target's context window is {window}")
     return list(prompt)
@@ -171,7 +172,7 @@ def stream_generate(
         raise DFlashError(f"max tokens must be at least 1, got {max_tokens}")
     if block_size is not None and not 2 <= block_size <= model.block_size:
         raise DFlashError(f"block size must be between 2 and the drafter's {model.block_size}, got {block_size}")
-    prompt_ids = encode_prompt(model, tokenizer, prompt, chat)
+    prompt_ids = encode_prompt(model.adapter, tokenizer, prompt, chat)
     stop_tokens = model.adapter.stop_tokens(tokenizer)
     detokenizer = tokenizer.detokenizer
     detokenizer.reset()
@@ -215,9 +216,9 @@ def generate(model: DFlashModel, tokenizer, prompt, max_tokens: int = 256, **kwa
 
 
 def baseline_generate(
-    model: DFlashModel, tokenizer, prompt_ids: List[int], max_tokens: int = 256, sampler=None, seed: Optional[int] = None
+    adapter, tokenizer, prompt_ids: List[int], max_tokens: int = 256, sampler=None, seed: Optional[int] = None
 ):
-    """Plain mlx-lm decoding of the same target, with the same stop tokens: greedy, or with
+    """Plain mlx-lm decoding of the target behind `adapter`, with the same stop tokens: greedy, or with
     `sampler` (`SamplingSettings.mlx_sampler`), which draws from mlx's global generator, seeded
     with `seed` if given. Returns (tokens, generation tokens/s), tokens/s timed from the first
     token on as above."""
@@ -225,9 +226,9 @@ def baseline_generate(
 
     if seed is not None:
         mx.random.seed(seed)
-    stop_tokens = model.adapter.stop_tokens(tokenizer)
+    stop_tokens = adapter.stop_tokens(tokenizer)
     tokens, tic = [], None
-    for token, _ in generate_step(mx.array(prompt_ids), model.target, max_tokens=max_tokens, sampler=sampler):
+    for token, _ in generate_step(mx.array(prompt_ids), adapter.model, max_tokens=max_tokens, sampler=sampler):
         if tic is None:
             tic = time.perf_counter()
         if token in stop_tokens:

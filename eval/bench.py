@@ -39,7 +39,7 @@ class Run:
 
 def run_plain(model: DFlashModel, tokenizer, prompt_ids: List[int], max_tokens: int) -> Run:
     mx.reset_peak_memory()
-    tokens, tokens_per_second = baseline_generate(model, tokenizer, prompt_ids, max_tokens)
+    tokens, tokens_per_second = baseline_generate(model.adapter, tokenizer, prompt_ids, max_tokens)
     elapsed = len(tokens) / tokens_per_second if tokens_per_second else 0.0
     return Run(tokens, elapsed, peak_memory_gb=mx.get_peak_memory() / 1e9)
 
@@ -115,7 +115,7 @@ def run_benchmark(
             max_tokens=max_tokens,
             num_draft_tokens=num_draft_tokens,
         )
-    prompt_ids = [encode_prompt(model, tokenizer, prompt.prompt, chat) for prompt in prompts]
+    prompt_ids = [encode_prompt(model.adapter, tokenizer, prompt.prompt, chat) for prompt in prompts]
     names = list(methods)
 
     for _ in range(warmup):

@@ -189,10 +189,10 @@ def end_to_end(
     """Median wall time of routing (auto only), encoding and generating each prompt in each mode."""
 
     def run_fast(prompt: str) -> int:
-        return generate_fast(fast, encode_prompt(fast, fast.tokenizer, prompt, chat), max_tokens)
+        return generate_fast(fast, encode_prompt(fast.adapter, fast.tokenizer, prompt, chat), max_tokens)
 
     def run_expert(prompt: str) -> int:
-        ids = encode_prompt(expert, expert_tokenizer, prompt, chat)
+        ids = encode_prompt(expert.adapter, expert_tokenizer, prompt, chat)
         return dflash.generate(expert, expert_tokenizer, ids, max_tokens).stats.generated_tokens
 
     def run_auto(prompt: str) -> int:

@@ -35,8 +35,8 @@ def near_tie(make_pair):
     POSITION tokens of its plain greedy output, an unused token is nearly tied with top-1."""
     target, draft = make_pair(block_size=4)
     model, tokenizer = dflash.load(target, draft)
-    prompt_ids = encode_prompt(model, tokenizer, "The quick brown fox")
-    reference, _ = baseline_generate(model, tokenizer, prompt_ids, max_tokens=6)
+    prompt_ids = encode_prompt(model.adapter, tokenizer, "The quick brown fox")
+    reference, _ = baseline_generate(model.adapter, tokenizer, prompt_ids, max_tokens=6)
     top1 = reference[POSITION]
     stop_tokens = model.adapter.stop_tokens(tokenizer)
     twin = next(t for t in range(tokenizer.vocab_size) if t not in set(prompt_ids + reference) | stop_tokens)
@@ -45,7 +45,7 @@ def near_tie(make_pair):
     # scores positive, and it never appears in the input.
     weight = embedding.weight
     embedding.weight = mx.concatenate([weight[:twin], weight[top1 : top1 + 1] * (1 - 1e-5), weight[twin + 1 :]])
-    assert baseline_generate(model, tokenizer, prompt_ids, max_tokens=6)[0] == reference
+    assert baseline_generate(model.adapter, tokenizer, prompt_ids, max_tokens=6)[0] == reference
     return model, tokenizer, prompt_ids, reference, twin, (target, draft)
 
 

@@ -11,7 +11,6 @@ import pytest
 import dflash  # noqa: F401  (OpenBLAS before mlx)
 from dflash.errors import DFlashError
 from dflash.generate import baseline_generate
-from dflash.loading import DFlashModel
 from tests.tiny_models import TEXT, save_target, target_config
 from train import data
 from train.cli import main
@@ -73,7 +72,7 @@ def test_responses_are_the_targets_greedy_answers(tiny):
     for sequence in sequences[:3]:
         # The chat template's own text, as `dflash.generate(..., chat=True)` formats it.
         assert tokenizer.decode(sequence.prompt_ids).startswith("<|begin_of_text|><|user|>")
-        plain, _ = baseline_generate(DFlashModel(model, adapter, None), tokenizer, sequence.prompt_ids, 40)
+        plain, _ = baseline_generate(adapter, tokenizer, sequence.prompt_ids, 40)
         stopped = sequence.response_ids[-1] in stops
         assert sequence.response_ids == plain + sequence.response_ids[-1:] * stopped
 

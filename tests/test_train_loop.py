@@ -65,8 +65,8 @@ def test_loss_falls_and_the_drafter_decodes_losslessly(family, llama, tmp_path, 
     assert model.draft.config.target_layer_ids == model.adapter.default_layer_ids(2)
     prompt = "Speculative decoding drafts a block"
     result = dflash.generate(model, tokenizer, prompt, max_tokens=30, chat=True)
-    prompt_ids = encode_prompt(model, tokenizer, prompt, chat=True)
-    assert result.tokens == baseline_generate(model, tokenizer, prompt_ids, 30)[0]
+    prompt_ids = encode_prompt(model.adapter, tokenizer, prompt, chat=True)
+    assert result.tokens == baseline_generate(model.adapter, tokenizer, prompt_ids, 30)[0]
 
 
 def test_sigkill_then_resume_is_bit_identical(llama, tmp_path):

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from adapters import adapter_for
 from dflash.errors import DFlashError
 from dflash.generate import encode_prompt
-from dflash.loading import DFlashModel, load_target
+from dflash.loading import load_target
 
 PROMPT_FIELDS = ("messages", "conversations", "conversation", "prompt", "instruction", "question", "input", "text")
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
@@ -108,11 +108,10 @@ def format_prompts(adapter, tokenizer, prompts: List[str], chat: bool, max_promp
     keyed by the prompt's index. Empty and over-long prompts are left out."""
     if chat and getattr(tokenizer, "chat_template", None) is None:
         raise DFlashError("the target's tokenizer has no chat template; use --no-chat")
-    model = DFlashModel(adapter.model, adapter, draft=None)
     formatted = {}
     for index, prompt in enumerate(prompts):
         try:
-            ids = encode_prompt(model, tokenizer, prompt, chat)
+            ids = encode_prompt(adapter, tokenizer, prompt, chat)
         except DFlashError:  # empty, or longer than the context window
             continue
         if len(ids) <= max_prompt_tokens:
