@@ -116,14 +116,22 @@ class DraftAttention(nn.Module):
         B, L, _ = x.shape
         return x.reshape(B, L, n_heads, -1).transpose(0, 2, 1, 3)
 
-    def __call__(self, x, context, cache=None, block_offset=None, mask=None):
-        """x: block [B, Lb, D]; context: context features [1 or B, Lc, D] (Lc may be 0).
+    @staticmethod
+    def _side_by_side(x: mx.array) -> mx.array:
+        """[N, heads, Lb, hd] blocks -> [1, heads, N * Lb, hd]: one sequence sharing one context."""
+        N, H, L, D = x.shape
+        return x.transpose(1, 0, 2, 3).reshape(1, H, N * L, D)
 
-        Decoding: `cache` holds the earlier context, `context` continues it and the block
-        follows the context. Training: no cache, `context` starts at position 0, each block
-        starts at its own `block_offset` ([B] array) and `mask` ([B, 1, Lb, Lc + Lb]) says what
-        each block may see.
+    def __call__(self, x, context, cache=None, block_offset=None, mask=None):
+        """x: blocks [N, Lb, D]; context: context features [1, Lc, D] (Lc may be 0).
+
+        Decoding (N = 1): `cache` holds the earlier context, `context` continues it and the
+        block follows the context. Training: no cache, `context` starts at position 0, block n
+        starts at `block_offset[n]` ([N] array), and the blocks are laid side by side after
+        the context so that their keys and values are computed once; `mask`
+        ([N * Lb, Lc + N * Lb]) says what each block position may see.
         """
+        n_blocks, block_len, _ = x.shape
         context_start = cache.offset if cache is not None else 0
         if block_offset is None:
             block_offset = context_start + context.shape[1]
@@ -135,16 +143,15 @@ class DraftAttention(nn.Module):
         v_ctx = self._heads(self.v_proj(context), self.n_kv_heads)
         if cache is not None:
             k_ctx, v_ctx = cache.update_and_fetch(k_ctx, v_ctx)
-        if k_ctx.shape[0] != x.shape[0]:
-            k_ctx = mx.broadcast_to(k_ctx, (x.shape[0],) + k_ctx.shape[1:])
-            v_ctx = mx.broadcast_to(v_ctx, (x.shape[0],) + v_ctx.shape[1:])
-        keys = mx.concatenate([k_ctx, k_block], axis=2)
-        values = mx.concatenate([v_ctx, v_block], axis=2)
+        keys = mx.concatenate([k_ctx, self._side_by_side(k_block)], axis=2)
+        values = mx.concatenate([v_ctx, self._side_by_side(v_block)], axis=2)
 
         if mask is None and self.sliding_window is not None and keys.shape[2] > self.sliding_window:
-            mask = self._window_mask(block_offset, x.shape[1], k_ctx.shape[2])
-        out = scaled_dot_product_attention(q, keys, values, cache=None, scale=self.scale, mask=mask)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(x.shape[0], x.shape[1], -1))
+            mask = self._window_mask(block_offset, block_len, k_ctx.shape[2])
+        out = scaled_dot_product_attention(
+            self._side_by_side(q), keys, values, cache=None, scale=self.scale, mask=mask
+        )
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(n_blocks, block_len, -1))
 
     def _window_mask(self, block_start: int, block_len: int, context_len: int) -> mx.array:
         query_pos = mx.arange(block_start, block_start + block_len)[:, None]
@@ -182,9 +189,9 @@ class DFlashDraftModel(nn.Module):
         return [KVCache() for _ in self.layers]
 
     def __call__(self, block_embeddings, target_hidden, cache=None, block_offset=None, mask=None):
-        """block_embeddings: [B, Lb, D] embedded block; target_hidden: [1 or B, Lc, n_taps * D]
+        """block_embeddings: [N, Lb, D] embedded blocks; target_hidden: [1, Lc, n_taps * D]
         tapped target states of the context positions not yet in `cache` (see DraftAttention
-        for the training arguments). Returns normalised hidden states [B, Lb, D] for the
+        for the training arguments). Returns normalised hidden states [N, Lb, D] for the
         target's LM head."""
         context = self.hidden_norm(self.fc(target_hidden))
         h = block_embeddings

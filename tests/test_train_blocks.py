@@ -30,12 +30,12 @@ def test_blocks_of_a_hand_checked_example():
     np.testing.assert_allclose(np.array(blocks.weights), [[w1, w2, w3], [w1, 0, 0]], rtol=1e-6)
 
     mask = np.array(blocks.mask)
-    assert mask.shape == (2, 1, 4, 8 + 4)  # [blocks, heads, block positions, context + block]
+    assert mask.shape == (2 * 4, 8 + 2 * 4)  # [block positions, context + both blocks side by side]
     T, F = True, False
     # Block at 3 sees context 0..2 (strictly before its anchor) and its own 4 positions;
     # block at 6 sees context 0..5. Every position of a block sees the same keys.
-    assert mask[0, 0].tolist() == [[T, T, T, F, F, F, F, F, T, T, T, T]] * 4
-    assert mask[1, 0].tolist() == [[T, T, T, T, T, T, F, F, T, T, T, T]] * 4
+    assert mask[:4].tolist() == [[T, T, T, F, F, F, F, F, T, T, T, T, F, F, F, F]] * 4
+    assert mask[4:].tolist() == [[T, T, T, T, T, T, F, F, F, F, F, F, T, T, T, T]] * 4
 
 
 def test_anchors_lie_in_the_response_and_leave_a_label():

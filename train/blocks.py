@@ -37,7 +37,7 @@ def sample_anchors(rng: np.random.Generator, prompt_len: int, seq_len: int, coun
 class Blocks:
     tokens: mx.array  # [N, B] anchor token then mask tokens
     anchors: mx.array  # [N] position of each block's first token
-    mask: mx.array  # [N, 1, B, S + B] what each block position may attend to
+    mask: mx.array  # [N * B, S + N * B] what each block position may attend to (blocks side by side)
     labels: mx.array  # [N, B - 1] the tokens after each anchor
     weights: mx.array  # [N, B - 1] loss weight, 0 past the end of the sequence
 
@@ -52,14 +52,12 @@ def make_blocks(tokens: np.ndarray, anchors: np.ndarray, block_size: int, mask_t
     labels = tokens[np.minimum(label_positions, seq_len - 1)]
     weights = loss_weights(block_size, gamma)[None] * inside
     context_visible = np.arange(seq_len)[None] < anchors[:, None]  # [N, S]
-    mask = np.concatenate(
-        [np.repeat(context_visible[:, None], block_size, axis=1), np.ones((n, block_size, block_size), dtype=bool)],
-        axis=-1,
-    )
+    same_block = np.kron(np.eye(n, dtype=bool), np.ones((block_size, block_size), dtype=bool))  # [N*B, N*B]
+    mask = np.concatenate([np.repeat(context_visible, block_size, axis=0), same_block], axis=-1)
     return Blocks(
         tokens=mx.array(block_tokens),
         anchors=mx.array(anchors.astype(np.int32)),
-        mask=mx.array(mask[:, None]),
+        mask=mx.array(mask),
         labels=mx.array(labels.astype(np.int32)),
         weights=mx.array(weights.astype(np.float32)),
     )
