@@ -91,6 +91,13 @@ def test_rerun_reuses_the_cache_and_resumes_a_killed_run(tiny, tmp_path, monkeyp
     regenerate(str(target), meta["prompts"], str(resumed), max_tokens=40, batch_size=8)
     assert (resumed / "responses.jsonl").read_text() == complete
 
+    # A run over the first 8 prompts, extended to all of them by a rerun without the limit.
+    extended = tmp_path / "extended"
+    regenerate(str(target), meta["prompts"], str(extended), limit=8, max_tokens=40, batch_size=8)
+    assert (extended / "responses.jsonl").read_text() == "".join(lines[:8])
+    regenerate(str(target), meta["prompts"], str(extended), max_tokens=40, batch_size=8)
+    assert (extended / "responses.jsonl").read_text() == complete
+
     monkeypatch.setattr(importlib.import_module("mlx_lm.generate"), "BatchGenerator", None)  # no generating
     regenerate(str(target), meta["prompts"], str(data_dir), max_tokens=40, batch_size=8)
     assert (data_dir / "responses.jsonl").read_text() == complete

@@ -169,7 +169,8 @@ def regenerate(
     seed: int = 0,
 ) -> Path:
     """Have the target answer every prompt and append the answers to OUT/responses.jsonl.
-    Answers end with the target's stop token when it stopped by itself."""
+    Answers end with the target's stop token when it stopped by itself. `limit` is not part of
+    the cache's settings: rerunning with a larger limit answers only the new prompts."""
     from mlx_lm.generate import BatchGenerator
     from mlx_lm.sample_utils import make_sampler
 
@@ -177,7 +178,7 @@ def regenerate(
     meta = {
         "target": canonical(target), "target_fingerprint": target_fingerprint(target),
         "prompts": canonical(prompts_source),
-        "split": split, "prompt_field": prompt_field, "limit": limit, "chat": chat,
+        "split": split, "prompt_field": prompt_field, "chat": chat,
         "max_prompt_tokens": max_prompt_tokens, "max_tokens": max_tokens,
         "temperature": temperature, "top_p": top_p, "seed": seed,
     }  # fmt: skip
