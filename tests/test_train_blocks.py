@@ -6,6 +6,7 @@ import math
 import mlx.core as mx
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 
 import dflash  # noqa: F401  (OpenBLAS before mlx)
 from dflash.loading import load_draft
@@ -79,3 +80,15 @@ def test_training_pass_equals_the_decoding_pass(tmp_path, family):
     for n, anchor in enumerate(anchors):
         alone = draft(adapter.embed(blocks.tokens[n : n + 1]), hidden[:, :anchor], draft.make_cache())
         assert mx.abs(together[n] - alone[0]).max().item() < 1e-4
+
+
+def test_fresh_drafter_writes_small_residual_updates():
+    from dflash.model import DFlashDraftModel
+    from train.dflash_train import scale_residual_writes
+
+    draft = DFlashDraftModel(draft_config(target_config("llama"), layers=2))
+    before = dict(tree_flatten(draft.parameters()))
+    scale_residual_writes(draft, 0.05)
+    for name, value in tree_flatten(draft.parameters()):
+        shrunk = name.endswith(("o_proj.weight", "down_proj.weight"))
+        assert mx.allclose(value, before[name] * (0.05 if shrunk else 1.0)).item(), name
