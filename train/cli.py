@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     regen.add_argument("--out", required=True, help="data directory to write (and resume)")
     regen.add_argument("--split", default="train")
     regen.add_argument("--prompt-field", default=None)
-    regen.add_argument("--limit", type=positive_int, default=None, help="use the first N prompts (rerun with a larger N to extend the data)")
+    regen.add_argument("--limit", type=positive_int, default=None,
+                       help="use the first N prompts (rerun with a larger N to extend the data)")  # fmt: skip
     regen.add_argument("--no-chat", dest="chat", action="store_false", help="do not apply the chat template")
     regen.add_argument("--max-prompt-tokens", type=positive_int, default=1024, help="skip longer prompts")
     regen.add_argument("--max-tokens", type=positive_int, default=1024, help="answer length limit")

@@ -7,8 +7,9 @@ BPE tokenizer (train/tokenizer.py) -> pretrain the "expert" target LM -> pretrai
 (train/pretrain.py). drafter: the expert answers training prompts (`dflash-train regenerate`),
 its tapped hidden states are stored (`dflash-train precompute`), then its DFlash drafter trains
 on those answers (`dflash-train run`), with DRAFTER_ARGS. Each model directory gets the
-tokenizer files and a train_config.json with every setting and the run's results. Intermediate state (tokenizer, metrics.jsonl, checkpoints)
-lives in --work-dir; rerunning the command resumes an interrupted pretraining.
+tokenizer files and a train_config.json with every setting and the run's results. Intermediate
+state (tokenizer, metrics.jsonl, checkpoints) lives in --work-dir; rerunning the command resumes
+an interrupted pretraining.
 
 Step counts are fixed (not derived from a time budget) so the result depends only on the seed
 and the Python version; they were chosen from measured throughput on a 2-core x86 CPU so the
@@ -53,7 +54,7 @@ MODELS = {
 }
 
 # The expert's DFlash drafter: `dflash-train` arguments (after --target/--data/--out). Block size 8,
-# not the published 16: on this CPU a 16-token verify costs about twice an 8-token one, and a
+# not the published 16: it halves the training cost per anchor, and away from the expert's loops a
 # drafter this small rarely gets past 8 tokens. The hidden states are precomputed once, since
 # every epoch would otherwise rerun the target over every sequence.
 DRAFTER_PROMPTS = 1280
