@@ -1,11 +1,9 @@
-"""Target-family adapters and the router. `adapter_for(model)` picks the adapter of a loaded mlx-lm model."""
+"""Target-family adapters. `adapter_for(model)` picks the adapter of a loaded mlx-lm model."""
 
-import dflash.blas  # noqa: F401  (OpenBLAS before mlx)
 from mlx_lm.models.cache import ArraysCache, make_prompt_cache
 
-from dflash.errors import DFlashError
-
-from .base import DecoderAdapter
+from .base import DecoderAdapter, Verification, default_target_layer_ids
+from .errors import DFlashError
 from .llama import LlamaAdapter
 from .qwen3 import Qwen3Adapter
 
@@ -28,4 +26,7 @@ def adapter_for(model) -> DecoderAdapter:
     raise DFlashError(f"no dflash-mlx adapter for target family '{family}'; supported families: llama, qwen3")
 
 
-__all__ = ["ADAPTERS", "DecoderAdapter", "LlamaAdapter", "Qwen3Adapter", "adapter_for"]
+__all__ = [
+    "ADAPTERS", "DFlashError", "DecoderAdapter", "LlamaAdapter", "Qwen3Adapter", "Verification", "adapter_for",
+    "default_target_layer_ids",
+]  # fmt: skip

@@ -1,19 +1,47 @@
-"""What every target adapter shares: running an mlx-lm decoder stack layer by layer.
+"""The target contract every adapter implements, and the decoder-stack runner the dense families share.
 
-An adapter wraps a loaded mlx-lm model and runs the model's own layer modules itself, so it
-can keep the hidden states of the tapped layers from the same pass that produces the
-logits. Nothing in mlx-lm is patched. Family files say how masks are built, which cache
-kinds can be rolled back, and the chat conventions.
+An adapter wraps a loaded mlx-lm model and runs the model's own layer modules itself, so it can
+keep the hidden states of the tapped layers from the same pass that produces the logits. Nothing
+in mlx-lm is patched. What the decode loop uses:
+
+- `embed(tokens)` and `lm_head(hidden)`: the target's embedding and LM head (the drafter has none);
+- `make_cache()` and `verify(tokens, caches, layer_ids)`: one pass over a block of tokens that
+  returns the final hidden states, the tapped states and `commit(n)`, which keeps the first n
+  positions of the pass in the caches and forgets the rest (a rejected draft's tail);
+- `default_layer_ids(n)`, `stop_tokens(tokenizer)` and `apply_chat_template(tokenizer, prompt)`.
+
+"Layer i" is the output of decoder layer i (0-based), i.e. `hidden_states[i + 1]` in Hugging
+Face terms.
 """
 
-from typing import List, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Callable, List, Sequence, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.cache import KVCache, QuantizedKVCache, RotatingKVCache, make_prompt_cache
 
-from dflash.errors import DFlashError
-from dflash.model import default_target_layer_ids
+from .errors import DFlashError
+
+
+def default_target_layer_ids(num_target_layers: int, num_draft_layers: int) -> List[int]:
+    """The published rule for the layers a drafter taps: one per draft layer, spread uniformly from
+    the second layer to the third-to-last (36 layers, 5 draft layers: [1, 9, 17, 25, 33]); the
+    middle layer for a one-layer drafter."""
+    if num_draft_layers == 1:
+        return [num_target_layers // 2]
+    span = num_target_layers - 4
+    return [round(1 + k * span / (num_draft_layers - 1)) for k in range(num_draft_layers)]
+
+
+@dataclass
+class Verification:
+    """What one target pass over L tokens returns."""
+
+    hidden: mx.array  # final normed hidden states [1, L, D]; `lm_head` turns them into logits
+    taps: mx.array  # outputs of the tapped layers, concatenated in the order asked: [1, L, n_taps * D]
+    commit: Callable[[int], None]  # commit(n): keep the first n of the L positions in the caches
 
 
 class DecoderAdapter:
@@ -43,8 +71,18 @@ class DecoderAdapter:
     def context_window(self):
         return getattr(self.model.args, "max_position_embeddings", None)
 
+    @property
+    def dtype(self) -> str:
+        """The dtype the target computes in (that of its hidden states)."""
+        return str(self.embed(mx.array([[0]])).dtype).removeprefix("mlx.core.")
+
     def default_layer_ids(self, num_draft_layers: int) -> List[int]:
         return default_target_layer_ids(self.num_layers, num_draft_layers)
+
+    def check_layer_ids(self, layer_ids: Sequence[int], what: str, model: str = "target") -> None:
+        """Raise a DFlashError unless `layer_ids` is a non-empty list of this model's layers."""
+        if not layer_ids or any(not 0 <= i < self.num_layers for i in layer_ids):
+            raise DFlashError(f"{what} {list(layer_ids)}; the {model} has layers 0..{self.num_layers - 1}")
 
     def embed(self, tokens: mx.array) -> mx.array:
         return self.decoder.embed_tokens(tokens)
@@ -55,22 +93,22 @@ class DecoderAdapter:
             return self.decoder.embed_tokens.as_linear(hidden)
         return self.model.lm_head(hidden)
 
-    def attention_masks(self, h: mx.array, caches: list) -> list:
-        raise NotImplementedError
-
-    def forward(self, tokens: mx.array, caches: list, layer_ids: Sequence[int]) -> Tuple[mx.array, mx.array]:
-        """Run `tokens` [1, L] through the target, updating `caches`.
-
-        Returns the final normed hidden states [1, L, D] (feed them to `lm_head`) and the
-        outputs of decoder layers `layer_ids`, concatenated in that order: [1, L, len * D].
-        """
+    def verify(self, tokens: mx.array, caches: list, layer_ids: Sequence[int]) -> Verification:
+        """Run `tokens` [1, L] through the target, appending them to `caches`."""
         h = self.embed(tokens)
+        # Each cache makes the mask its layer needs: causal, limited to its window where it rotates.
+        masks = {}
         wanted = {layer_id: None for layer_id in layer_ids}
-        for i, (layer, mask, cache) in enumerate(zip(self.layers, self.attention_masks(h, caches), caches)):
-            h = layer(h, mask, cache)
+        for i, (layer, cache) in enumerate(zip(self.layers, caches)):
+            window = getattr(cache, "max_size", None)
+            if window not in masks:
+                masks[window] = create_attention_mask(h, cache)
+            h = layer(h, masks[window], cache)
             if i in wanted:
                 wanted[i] = h
-        return self.decoder.norm(h), mx.concatenate([wanted[i] for i in layer_ids], axis=-1)
+        taps = mx.concatenate([wanted[i] for i in layer_ids], axis=-1)
+        length = tokens.shape[1]
+        return Verification(self.decoder.norm(h), taps, lambda n: self.rollback(caches, length - n))
 
     def make_cache(self) -> list:
         return make_prompt_cache(self.model)

@@ -1,7 +1,5 @@
 """Qwen3 dense models (`mlx_lm.models.qwen3`)."""
 
-from mlx_lm.models.base import create_attention_mask
-
 from .base import DecoderAdapter
 
 
@@ -10,7 +8,3 @@ class Qwen3Adapter(DecoderAdapter):
     stop_token_strings = ("<|im_end|>", "<|endoftext|>")
     # The published Qwen3 DFlash drafters were trained with thinking disabled.
     chat_template_kwargs = {"enable_thinking": False}
-
-    def attention_masks(self, h, caches):
-        mask = create_attention_mask(h, caches[0])
-        return [mask] * len(self.layers)

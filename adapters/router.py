@@ -24,8 +24,8 @@ from typing import List, Optional, Sequence, Tuple
 import mlx.core as mx
 import mlx.nn as nn
 
-from dflash.errors import DFlashError
-from dflash.loading import load_target
+from .errors import DFlashError
+from .loading import load_target
 
 from . import DecoderAdapter, adapter_for
 
@@ -285,7 +285,7 @@ class FastModel:
 
     @property
     def dtype(self) -> str:
-        return str(self.adapter.embed(mx.array([[0]])).dtype).removeprefix("mlx.core.")
+        return self.adapter.dtype
 
 
 def load_fast_model(path: str, dtype: Optional[str] = "auto") -> FastModel:
@@ -302,8 +302,8 @@ def pooled_features(fast: FastModel, prompt: str, layer_ids: Sequence[int]) -> m
     """The mean over the prompt's positions of [final normed hidden states ; layers `layer_ids`]:
     a float32 vector of (1 + len(layer_ids)) * hidden_size features."""
     tokens = fast.tokenizer.encode(prompt)[:PROBE_MAX_TOKENS]
-    final, tapped = fast.adapter.forward(mx.array(tokens)[None], fast.adapter.make_cache(), layer_ids)
-    return mx.concatenate([final, tapped], axis=-1)[0].astype(mx.float32).mean(axis=0)
+    verified = fast.adapter.verify(mx.array(tokens)[None], fast.adapter.make_cache(), layer_ids)
+    return mx.concatenate([verified.hidden, verified.taps], axis=-1)[0].astype(mx.float32).mean(axis=0)
 
 
 @dataclass

@@ -9,12 +9,16 @@
     result = dflash.generate(model, tokenizer, "Write quicksort in Python.", acceptance=acceptance)
 """
 
-from . import blas  # noqa: F401  (must run before mlx is imported)
-from .errors import DFlashError
-from .generate import GenerationResult, GenerationStats, generate, stream_generate
-from .loading import DFlashModel, load, load_draft, save_draft
-from .model import DFlashDraftModel, DraftConfig
-from .sampling import SamplingSettings, SpeculativeSampling, TokenMatching, make_acceptance
+from . import blas
+
+blas.use_openblas()  # before anything imports mlx
+
+from adapters.errors import DFlashError  # noqa: E402
+
+from .generate import GenerationResult, GenerationStats, generate, stream_generate  # noqa: E402
+from .loading import DFlashModel, load, load_draft, save_draft  # noqa: E402
+from .model import DFlashDraftModel, DraftConfig  # noqa: E402
+from .sampling import SamplingSettings, SpeculativeSampling, TokenMatching, make_acceptance  # noqa: E402
 
 __all__ = [
     "DFlashDraftModel",

@@ -1,8 +1,8 @@
 """Make MLX's CPU backend use the system OpenBLAS.
 
-The Linux `mlx[cpu]` wheel ships a slow reference BLAS. Loading OpenBLAS with
-RTLD_GLOBAL *before* `mlx.core` is imported makes MLX's sgemm calls resolve to it,
-about 30x faster fp32 matmul. Import this module before anything imports mlx.
+The Linux `mlx[cpu]` wheel ships a slow reference BLAS. Loading OpenBLAS with RTLD_GLOBAL
+*before* `mlx.core` is imported makes MLX's sgemm calls resolve to it, about 30x faster fp32
+matmul. `import dflash` calls `use_openblas()` before it imports anything that imports mlx.
 """
 
 import ctypes
@@ -21,13 +21,17 @@ CANDIDATES = (
 loaded = None
 
 
-def _load() -> None:
+def use_openblas() -> None:
+    """Load OpenBLAS for MLX (once); DFLASH_OPENBLAS=0 keeps the reference BLAS, DFLASH_OPENBLAS=PATH
+    names the library."""
     global loaded
+    if loaded is not None:
+        return
     if not sys.platform.startswith("linux"):
         loaded = "system"
         return
     if "mlx.core" in sys.modules:
-        print("dflash-mlx: mlx was imported before dflash.blas; OpenBLAS not loaded", file=sys.stderr)
+        print("dflash-mlx: mlx was imported before dflash; OpenBLAS not loaded", file=sys.stderr)
         return
     override = os.environ.get("DFLASH_OPENBLAS")
     if override == "0":
@@ -42,6 +46,3 @@ def _load() -> None:
         "(Debian/Ubuntu: apt-get install libopenblas0-pthread)",
         file=sys.stderr,
     )
-
-
-_load()

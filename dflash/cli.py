@@ -12,7 +12,7 @@ from pathlib import Path
 from adapters.router import DEFAULT_THRESHOLD, ROUTERS
 
 from . import blas
-from .errors import DFlashError
+from adapters.errors import DFlashError
 from .sampling import ACCEPTANCE_RULES, SamplingSettings, make_acceptance
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"

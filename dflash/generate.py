@@ -12,7 +12,7 @@ from typing import Generator, List, Optional, Union
 import mlx.core as mx
 
 from .acceptance import GreedyAcceptance
-from .errors import DFlashError
+from adapters.errors import DFlashError
 from .loading import DFlashModel
 from .sampling import AcceptanceStats
 
@@ -89,12 +89,12 @@ def prefill(model: DFlashModel, prompt: mx.array, cache: list):
     taps = []
     for start in range(0, prompt.size - 1, PREFILL_STEP_SIZE):
         end = min(start + PREFILL_STEP_SIZE, prompt.size - 1)
-        _, hidden = adapter.forward(prompt[None, start:end], cache, layer_ids)
-        mx.eval(hidden, [c.state for c in cache])
-        taps.append(hidden)
-    final, hidden = adapter.forward(prompt[None, -1:], cache, layer_ids)
-    taps.append(hidden)
-    return adapter.lm_head(final)[0, -1], mx.concatenate(taps, axis=1)
+        chunk = adapter.verify(prompt[None, start:end], cache, layer_ids)
+        mx.eval(chunk.taps, [c.state for c in cache])
+        taps.append(chunk.taps)
+    last = adapter.verify(prompt[None, -1:], cache, layer_ids)
+    taps.append(last.taps)
+    return adapter.lm_head(last.hidden)[0, -1], mx.concatenate(taps, axis=1)
 
 
 def speculative_generate_step(
@@ -141,15 +141,15 @@ def speculative_generate_step(
 
         tic = time.perf_counter()
         verify_tokens = mx.concatenate([mx.array([last]), proposals])
-        final, hidden = adapter.forward(verify_tokens[None], target_cache, layer_ids)
-        committed = acceptance.accept(proposals, draft_logits, adapter.lm_head(final)[0])
+        verified = adapter.verify(verify_tokens[None], target_cache, layer_ids)
+        committed = acceptance.accept(proposals, draft_logits, adapter.lm_head(verified.hidden)[0])
         stats.acceptance_lengths.append(len(committed))
         # A block of 2 drafted with one token left may commit 2: keep one.
         committed = committed[: max_tokens - generated]
         # The cache holds [last, proposals]; keep the positions of [last, accepted proposals].
-        adapter.rollback(target_cache, b - len(committed))
+        verified.commit(len(committed))
         # The next draft is conditioned on the target states of those kept positions.
-        context = hidden[:, : len(committed)]
+        context = verified.taps[:, : len(committed)]
         stats.verify_time += time.perf_counter() - tic
 
         generated += len(committed)

@@ -1,13 +1,22 @@
-"""The DFlash block-diffusion drafter (DESIGN.md section 1) and its checkpoint format (section 2).
+"""The DFlash block-diffusion drafter (Chen, Liang and Liu, arXiv 2602.06036) and its checkpoint format.
 
-A few Qwen3-style layers with the target's hidden size. The drafter has no embedding and
-no LM head of its own: the caller embeds the block with the target's embedding and turns
-the drafter's output into logits with the target's LM head.
+A few Qwen3-style layers (RMSNorm, q_norm/k_norm on heads, RoPE, SwiGLU MLP) with the target's
+hidden size. The drafter has no embedding and no LM head of its own: the caller embeds the block
+`[last committed token, mask, ..., mask]` with the target's embedding and turns the drafter's
+output into logits with the target's LM head; positions 1..B-1 are the proposals.
 
-Every draft layer attends from the block tokens to [context features ; block tokens]. The
-context features are the target's tapped hidden states, projected by `fc` and normalised by
-`hidden_norm`; their keys and values go into a per-layer KVCache, so each step only
-projects the positions committed since the last step.
+Every draft layer attends from the block tokens to [context features ; block tokens], with no
+causal mask inside the block. The context features are the target's tapped hidden states
+(concatenated on the feature axis), projected by `fc` (n_taps * D -> D, no bias) and normalised by
+`hidden_norm`; one feature per position, shared by every layer. Their keys and values go into a
+per-layer KVCache, so each step only projects the positions committed since the last step. RoPE
+puts context features at their sequence positions; the block continues after them.
+
+Checkpoints: a directory with `config.json` (the Qwen3 fields plus `block_size`,
+`num_target_layers` and `dflash_config: {target_layer_ids, mask_token_id}`, optionally
+`layer_types` with `sliding_window`) and `*.safetensors` whose names carry no `model.` prefix
+(`fc.weight`, `hidden_norm.weight`, `norm.weight`, `layers.i.*`), the format of the published
+drafters.
 """
 
 from dataclasses import dataclass, field
@@ -19,14 +28,6 @@ from mlx_lm.models.base import scaled_dot_product_attention
 from mlx_lm.models.cache import KVCache
 from mlx_lm.models.qwen3 import MLP
 from mlx_lm.models.rope_utils import initialize_rope
-
-
-def default_target_layer_ids(num_target_layers: int, num_draft_layers: int) -> List[int]:
-    """The published rule: spread uniformly from the second layer to the third-to-last."""
-    if num_draft_layers == 1:
-        return [num_target_layers // 2]
-    span = num_target_layers - 4
-    return [round(1 + k * span / (num_draft_layers - 1)) for k in range(num_draft_layers)]
 
 
 @dataclass

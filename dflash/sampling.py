@@ -18,7 +18,7 @@ import mlx.core as mx
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_sampler
 
 from .acceptance import GreedyAcceptance
-from .errors import DFlashError
+from adapters.errors import DFlashError
 
 
 @dataclass(frozen=True)

@@ -1,3 +1,1 @@
-"""eval package of dflash-mlx."""
-
-import dflash.blas  # noqa: F401  (OpenBLAS before mlx)
+"""Benchmarks of dflash-mlx."""

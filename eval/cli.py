@@ -15,8 +15,8 @@ import mlx.core as mx
 
 import dflash
 from dflash.cli import DEFAULT_DRAFT, DEFAULT_TARGET
-from dflash.errors import DFlashError
-from dflash.loading import load_target
+from adapters.errors import DFlashError
+from adapters.loading import load_target
 
 from .bench import METHOD_NAMES, analyse, run_benchmark
 from .environment import environment

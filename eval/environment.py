@@ -12,7 +12,7 @@ from typing import Dict, Optional
 import mlx.core as mx
 
 import dflash.blas
-from dflash.loading import resolve_path
+from adapters.loading import resolve_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

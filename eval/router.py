@@ -36,7 +36,7 @@ from adapters.router import (
     read_labeled_prompts,
 )
 from dflash.cli import DEFAULT_DRAFT, DEFAULT_FAST, DEFAULT_ROUTER_PROBE, DEFAULT_TARGET, DEFAULT_THRESHOLD
-from dflash.errors import DFlashError
+from adapters.errors import DFlashError
 from dflash.generate import encode_prompt
 
 DEFAULT_DATA = Path(__file__).resolve().parent / "suites" / "routing_test.jsonl"

@@ -1,7 +1,7 @@
 import dflash  # noqa: F401  (OpenBLAS before mlx)
 import pytest
 
-from tests.tiny_models import draft_config, save_random_draft, save_target, target_config
+from tests.helpers import draft_config, save_random_draft, save_target, target_config
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import pytest
 
 from eval.cli import main
 from eval.report import append_history
-from tests.tiny_models import save_target, target_config
+from tests.helpers import save_target, target_config
 
 REPEATS = 2
 MAX_TOKENS = 8

@@ -5,7 +5,7 @@ import types
 
 import pytest
 
-from dflash.errors import DFlashError
+from adapters.errors import DFlashError
 from eval.suites import HUB_SUITES, Prompt, load_suite, load_suites, suite_hash
 
 

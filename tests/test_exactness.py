@@ -1,46 +1,12 @@
 """Greedy DFlash output must equal mlx-lm's plain greedy decoding token for token."""
 
-import mlx.core as mx
 import pytest
 
 import dflash
-from dflash.acceptance import GreedyAcceptance
 from dflash.generate import baseline_generate
+from tests.helpers import OracleProposals, prompt_of
 
 PROMPT_LENGTHS = [1, 7, 64, 300]
-
-
-class OracleProposals(GreedyAcceptance):
-    """Stands in for a well-trained drafter: proposes the reference continuation, with a wrong
-    token wherever (position % miss_every) == miss_every - 1, so blocks are accepted in part,
-    in full, and rejected at every offset."""
-
-    def __init__(self, reference, vocab_size, miss_every=7):
-        self.reference, self.vocab_size, self.miss_every = reference, vocab_size, miss_every
-        self.position = 0
-
-    def first_token(self, target_logits):
-        self.position = 1
-        return super().first_token(target_logits)
-
-    def propose(self, draft_logits):
-        proposals = []
-        for i in range(draft_logits.shape[0]):
-            at = self.position + i
-            token = self.reference[at] if at < len(self.reference) else 0
-            if at % self.miss_every == self.miss_every - 1:
-                token = (token + 1) % self.vocab_size
-            proposals.append(token)
-        return mx.array(proposals)
-
-    def accept(self, proposals, draft_logits, target_logits):
-        committed = super().accept(proposals, draft_logits, target_logits)
-        self.position += len(committed)
-        return committed
-
-
-def prompt_of(length, seed=0):
-    return mx.random.randint(3, 500, (length,), key=mx.random.key(seed)).tolist()
 
 
 def check_exact(model, tokenizer, prompt, max_tokens, block_size=None, oracle=False, miss_every=7):

@@ -13,8 +13,8 @@ import dflash
 from adapters import adapter_for
 from dflash import DFlashError
 from dflash.cli import main as cli_main
-from dflash.model import default_target_layer_ids
-from tests.tiny_models import draft_config, save_random_draft, target_config
+from adapters import default_target_layer_ids
+from tests.helpers import draft_config, save_random_draft, target_config
 
 
 def test_published_layer_rule():

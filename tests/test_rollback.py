@@ -6,7 +6,7 @@ import pytest
 
 import dflash
 from dflash.generate import baseline_generate, speculative_generate_step
-from tests.test_exactness import OracleProposals, prompt_of
+from tests.helpers import OracleProposals, prompt_of
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])

@@ -22,7 +22,7 @@ from adapters.router import (
     read_labeled_prompts,
 )
 from dflash import DFlashError
-from tests.tiny_models import save_target, target_config
+from tests.helpers import save_target, target_config
 from train.router import fit_logistic
 from train.router import main as train_router_main
 

@@ -10,7 +10,7 @@ from adapters.router import EXPERT, FAST, Guardrails, load_fast_model, make_rout
 from dflash.cli import DEFAULT_FAST, DEFAULT_ROUTER_PROBE
 from dflash.cli import main as cli_main
 from eval.cli import main as eval_main
-from tests.tiny_models import save_target, target_config
+from tests.helpers import save_target, target_config
 from train.router import main as train_router_main
 
 SUITES = Path(__file__).resolve().parent.parent / "eval" / "suites"

@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 
 import dflash
+from adapters import Verification
 from dflash.acceptance import GreedyAcceptance
 from dflash.cli import main as cli_main
-from dflash.errors import DFlashError
+from adapters.errors import DFlashError
 from dflash.generate import speculative_generate_step
 from dflash.loading import DFlashModel
 from dflash.sampling import ACCEPTANCE_RULES, SamplingSettings, SpeculativeSampling, TokenMatching, make_acceptance
@@ -117,22 +118,19 @@ class TableTarget:
     def make_cache(self):
         return [TokenHistory()]
 
-    def forward(self, tokens, caches, layer_ids):
+    def verify(self, tokens, caches, layer_ids):
         history = caches[0].tokens
         start = len(history)
         history += tokens[0].tolist()
         padded = [0] + history
         logits = mx.array(np.stack([target_logits(padded[i : i + 2]) for i in range(start, len(history))]))[None]
-        return logits, logits
+        return Verification(logits, logits, lambda n: history.__delitem__(slice(start + n, None)))
 
     def lm_head(self, hidden):
         return hidden
 
     def embed(self, tokens):
         return tokens
-
-    def rollback(self, caches, n):
-        del caches[0].tokens[len(caches[0].tokens) - n :]
 
 
 class TableDrafter:

@@ -10,7 +10,7 @@ from mlx.utils import tree_flatten
 
 import dflash  # noqa: F401  (OpenBLAS before mlx)
 from dflash.loading import load_draft
-from tests.tiny_models import draft_config, save_random_draft, save_target, target_config
+from tests.helpers import draft_config, save_random_draft, save_target, target_config
 from train.blocks import default_gamma, epoch_order, loss_weights, make_blocks, sample_anchors
 from train.data import load_training_target
 from train.hidden_states import target_hidden

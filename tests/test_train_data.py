@@ -3,38 +3,16 @@ cache and mid-way resume."""
 
 import importlib
 import json
-import random
-from pathlib import Path
 
 import pytest
 
 import dflash  # noqa: F401  (OpenBLAS before mlx)
-from dflash.errors import DFlashError
+from adapters.errors import DFlashError
 from dflash.generate import baseline_generate
-from tests.tiny_models import TEXT, save_target, target_config
+from tests.helpers import make_tiny_data
 from train import data
 from train.cli import main
 from train.data import load_prompts, load_sequences, regenerate
-
-
-def write_prompts(path: Path, count: int, seed: int = 0) -> Path:
-    words = TEXT.split()
-    rng = random.Random(seed)
-    with open(path, "w") as f:
-        for _ in range(count):
-            start = rng.randrange(len(words) - 8)
-            f.write(json.dumps({"prompt": " ".join(words[start : start + rng.randrange(3, 8)])}) + "\n")
-    return path
-
-
-def make_tiny_data(directory: Path, family: str = "llama", prompts: int = 24, max_tokens: int = 40) -> tuple:
-    """A tiny random target of `family` and its regenerated data. Returns (target, data) paths."""
-    target = save_target(directory / f"{family}-target", target_config(family))
-    prompts_file = write_prompts(directory / "prompts.jsonl", prompts)
-    data_dir = regenerate(
-        str(target), str(prompts_file), str(directory / f"{family}-data"), max_tokens=max_tokens, batch_size=8
-    )
-    return target, data_dir
 
 
 @pytest.fixture(scope="module")

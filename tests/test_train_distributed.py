@@ -11,8 +11,7 @@ import mlx.core as mx
 import pytest
 
 import dflash  # noqa: F401  (OpenBLAS before mlx)
-from tests.test_train_data import make_tiny_data
-from tests.test_train_loop import REPO, metrics, tiny_config, weights
+from tests.helpers import REPO, make_tiny_data, metrics, tiny_config, weights
 from train.dflash_train import train
 
 

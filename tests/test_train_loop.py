@@ -1,47 +1,26 @@
 """The training loop on tiny targets: the loss falls, the drafter it writes decodes
 losslessly, a SIGKILLed run resumes bit-identically, precomputed hidden states train the same."""
 
-import json
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import mlx.core as mx
 import pytest
 
 import dflash
-from dflash.errors import DFlashError
+from adapters.errors import DFlashError
 from dflash.generate import baseline_generate, encode_prompt
-from tests.test_train_data import make_tiny_data
-from train.dflash_train import TrainConfig, train
+from tests.helpers import REPO, make_tiny_data, metrics, tiny_config, weights
+from train.dflash_train import train
 from train.hidden_states import precompute
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
     return make_tiny_data(tmp_path_factory.mktemp("llama"), "llama")
-
-
-def tiny_config(target, data_dir, out, **overrides) -> TrainConfig:
-    settings = dict(
-        target=str(target), data=str(data_dir), out=str(out), draft_layers=2, block_size=8, anchors=64,
-        epochs=3, batch_size=4, lr=3e-3, eval_prompts=2, eval_every=1000, eval_max_tokens=24, wandb="disabled",
-    )  # fmt: skip
-    settings.update(overrides)
-    return TrainConfig(**settings)
-
-
-def metrics(run_dir: Path) -> list:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def weights(directory: Path) -> dict:
-    return mx.load(str(directory / "model.safetensors"))
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])

@@ -1,3 +1,1 @@
-"""train package of dflash-mlx."""
-
-import dflash.blas  # noqa: F401  (OpenBLAS before mlx)
+"""Drafter training for dflash-mlx."""

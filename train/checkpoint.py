@@ -16,7 +16,7 @@ from typing import Optional
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from dflash.errors import DFlashError
+from adapters.errors import DFlashError
 from dflash.loading import save_draft
 
 PREFIX = "step_"

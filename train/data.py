@@ -17,9 +17,9 @@ import mlx.core as mx
 from tqdm import tqdm
 
 from adapters import adapter_for
-from dflash.errors import DFlashError
+from adapters.errors import DFlashError
 from dflash.generate import encode_prompt
-from dflash.loading import load_target
+from adapters.loading import load_target
 
 PROMPT_FIELDS = ("messages", "conversations", "conversation", "prompt", "instruction", "question", "input", "text")
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}

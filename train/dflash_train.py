@@ -19,9 +19,10 @@ import numpy as np
 from mlx.utils import tree_map
 from tqdm import tqdm
 
-from dflash.errors import DFlashError
+from adapters.errors import DFlashError
 from dflash.generate import generate
-from dflash.loading import DTYPES, DFlashModel, check_pair, save_draft
+from adapters.loading import DTYPES
+from dflash.loading import DFlashModel, check_pair, save_draft
 from dflash.model import DFlashDraftModel, DraftConfig
 
 from . import checkpoint

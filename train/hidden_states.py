@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
-from dflash.errors import DFlashError
+from adapters.errors import DFlashError
 
 from . import data
 
@@ -26,8 +26,8 @@ SHARD_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 def target_hidden(adapter, tokens: Sequence[int], layer_ids: List[int]) -> mx.array:
     """Outputs of the target's layers `layer_ids` at every position, concatenated: [1, S, n_taps * D]."""
-    _, hidden = adapter.forward(mx.array(tokens)[None], adapter.make_cache(), layer_ids)
-    return mx.stop_gradient(hidden)
+    taps = adapter.verify(mx.array(tokens)[None], adapter.make_cache(), layer_ids).taps
+    return mx.stop_gradient(taps)
 
 
 def shard_meta(data_dir: str, layer_ids: List[int], max_length: int, dtype: str) -> dict:

@@ -32,7 +32,7 @@ from adapters.router import (
     read_labeled_prompts,
 )
 from dflash.cli import DEFAULT_FAST, DEFAULT_ROUTER_PROBE
-from dflash.errors import DFlashError
+from adapters.errors import DFlashError
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "eval" / "suites" / "routing_train.jsonl"
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)

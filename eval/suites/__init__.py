@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List, Optional
 from urllib.parse import urlparse
 
-from dflash.errors import DFlashError
+from adapters.errors import DFlashError
 
 OFFLINE_SUITE = Path(__file__).with_name("offline.jsonl")
 

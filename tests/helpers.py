@@ -1,10 +1,12 @@
-"""Tiny random targets and drafters, saved to disk and loaded through the real loaders.
+"""What the tests share: tiny random targets and drafters saved to disk and loaded through the
+real loaders, random prompts, an oracle proposer, and tiny regenerated training data.
 
-    uv run python -m tests.tiny_models OUT_DIR    # writes OUT_DIR/{target,draft}
+    uv run python -m tests.helpers OUT_DIR    # writes OUT_DIR/{target,draft}
 """
 
 import importlib
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -13,8 +15,14 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_map
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from adapters import default_target_layer_ids
+from dflash.acceptance import GreedyAcceptance
 from dflash.loading import save_draft
-from dflash.model import DFlashDraftModel, DraftConfig, default_target_layer_ids
+from dflash.model import DFlashDraftModel, DraftConfig
+from train.data import regenerate
+from train.dflash_train import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
 
 VOCAB_SIZE = 512
 SPECIAL_TOKENS = ["<|begin_of_text|>", "<|eot_id|>", "<|mask|>"]
@@ -110,6 +118,76 @@ def save_random_draft(directory, config: DraftConfig, seed: int = 1) -> Path:
     mx.eval(draft.parameters())
     save_draft(draft, directory)
     return Path(directory)
+
+
+def prompt_of(length, seed=0):
+    return mx.random.randint(3, 500, (length,), key=mx.random.key(seed)).tolist()
+
+
+class OracleProposals(GreedyAcceptance):
+    """Stands in for a well-trained drafter: proposes the reference continuation, with a wrong
+    token wherever (position % miss_every) == miss_every - 1, so blocks are accepted in part,
+    in full, and rejected at every offset."""
+
+    def __init__(self, reference, vocab_size, miss_every=7):
+        self.reference, self.vocab_size, self.miss_every = reference, vocab_size, miss_every
+        self.position = 0
+
+    def first_token(self, target_logits):
+        self.position = 1
+        return super().first_token(target_logits)
+
+    def propose(self, draft_logits):
+        proposals = []
+        for i in range(draft_logits.shape[0]):
+            at = self.position + i
+            token = self.reference[at] if at < len(self.reference) else 0
+            if at % self.miss_every == self.miss_every - 1:
+                token = (token + 1) % self.vocab_size
+            proposals.append(token)
+        return mx.array(proposals)
+
+    def accept(self, proposals, draft_logits, target_logits):
+        committed = super().accept(proposals, draft_logits, target_logits)
+        self.position += len(committed)
+        return committed
+
+
+def write_prompts(path: Path, count: int, seed: int = 0) -> Path:
+    words = TEXT.split()
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(count):
+            start = rng.randrange(len(words) - 8)
+            f.write(json.dumps({"prompt": " ".join(words[start : start + rng.randrange(3, 8)])}) + "\n")
+    return path
+
+
+def make_tiny_data(directory: Path, family: str = "llama", prompts: int = 24, max_tokens: int = 40) -> tuple:
+    """A tiny random target of `family` and its regenerated data. Returns (target, data) paths."""
+    target = save_target(directory / f"{family}-target", target_config(family))
+    prompts_file = write_prompts(directory / "prompts.jsonl", prompts)
+    data_dir = regenerate(
+        str(target), str(prompts_file), str(directory / f"{family}-data"), max_tokens=max_tokens, batch_size=8
+    )
+    return target, data_dir
+
+
+def tiny_config(target, data_dir, out, **overrides) -> TrainConfig:
+    settings = dict(
+        target=str(target), data=str(data_dir), out=str(out), draft_layers=2, block_size=8, anchors=64,
+        epochs=3, batch_size=4, lr=3e-3, eval_prompts=2, eval_every=1000, eval_max_tokens=24, wandb="disabled",
+    )  # fmt: skip
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def metrics(run_dir: Path) -> list:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(directory: Path) -> dict:
+    return mx.load(str(directory / "model.safetensors"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,32 @@
+"""Writing a directory so that a reader (or a run killed half-way) never sees it half-written."""
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def atomic_directory(directory) -> Iterator[Path]:
+    """Yield an empty sibling directory to fill; on success it replaces `directory` by renames.
+
+    A leftover of an earlier interrupted write (`NAME.partial`) is removed first. The old
+    directory, if any, is moved aside before the new one is renamed into place and deleted after,
+    so at every moment either the old or the new directory is complete under `directory`'s name
+    or its `.old` sibling."""
+    directory = Path(directory)
+    partial = directory.with_name(directory.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    yield partial
+    if directory.exists():
+        old = directory.with_name(directory.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(directory, old)
+        os.replace(partial, directory)
+        shutil.rmtree(old)
+    else:
+        os.replace(partial, directory)
