@@ -5,7 +5,7 @@ import json
 import mlx.core as mx
 import pytest
 
-from adapters.router import (
+from adapters.routing import (
     DEFAULT_THRESHOLD,
     EXPERT,
     FAST,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.router import EXPERT, FAST, Guardrails, load_fast_model, make_router, read_labeled_prompts
-from dflash.cli import DEFAULT_FAST, DEFAULT_ROUTER_PROBE
+from adapters.routing import EXPERT, FAST, Guardrails, load_fast_model, make_router, read_labeled_prompts
+from dflash.presets import DEFAULT_FAST, DEFAULT_ROUTER_PROBE
 from dflash.cli import main as cli_main
 from eval.cli import main as eval_main
 from tests.helpers import save_target, target_config

@@ -21,7 +21,9 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 
-from adapters.router import (
+from adapters.errors import DFlashError
+from adapters.loading import DTYPE_CHOICES
+from adapters.routing import (
     CANARY_PROMPT,
     EXPERT,
     FastModel,
@@ -31,8 +33,7 @@ from adapters.router import (
     pooled_features,
     read_labeled_prompts,
 )
-from dflash.cli import DEFAULT_FAST, DEFAULT_ROUTER_PROBE
-from adapters.errors import DFlashError
+from dflash.presets import DEFAULT_FAST, DEFAULT_ROUTER_PROBE
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "eval" / "suites" / "routing_train.jsonl"
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -106,9 +107,7 @@ def train_probe(
 ) -> Tuple[Probe, dict]:
     """Returns the probe and a summary of how it was trained."""
     adapter = fast.adapter
-    bad = [i for i in layer_ids if not 0 <= i < adapter.num_layers]
-    if bad or not layer_ids:
-        raise DFlashError(f"--layers {layer_ids}: the fast model has layers 0..{adapter.num_layers - 1}")
+    adapter.check_layer_ids(layer_ids, "--layers", model="fast model")
     if len(examples) < 2 * folds:
         raise DFlashError(f"{len(examples)} labeled prompts are too few for {folds}-fold cross-validation")
     features, labels = extract_features(fast, examples, layer_ids)
@@ -165,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=300, help="full-batch optimiser steps per fit")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
     return parser
 
 
