@@ -5,8 +5,8 @@
     print(result.text, result.stats.mean_acceptance)
 
     # Lossless sampling: speculative sampling (or "match"), reproducible with a seed.
-    acceptance = dflash.make_acceptance(dflash.SamplingSettings(temperature=0.7, top_p=0.9), seed=0)
-    result = dflash.generate(model, tokenizer, "Write quicksort in Python.", acceptance=acceptance)
+    acceptance = dflash.make_acceptance(dflash.SamplingSettings(temperature=0.7, top_p=0.9))
+    result = dflash.generate(model, tokenizer, "Write quicksort in Python.", acceptance=acceptance, seed=0)
 """
 
 from . import blas
@@ -15,10 +15,12 @@ blas.use_openblas()  # before anything imports mlx
 
 from adapters.errors import DFlashError  # noqa: E402
 
-from .generate import GenerationResult, GenerationStats, generate, stream_generate  # noqa: E402
+from .acceptance import GreedyAcceptance, SpeculativeSampling, TokenMatching, make_acceptance  # noqa: E402
+from .generate import GenerationResult, generate, plain_generate, stream_generate, stream_plain  # noqa: E402
 from .loading import DFlashModel, load, load_draft, save_draft  # noqa: E402
 from .model import DFlashDraftModel, DraftConfig  # noqa: E402
-from .sampling import SamplingSettings, SpeculativeSampling, TokenMatching, make_acceptance  # noqa: E402
+from .sampling import SamplingSettings  # noqa: E402
+from .stats import GenerationStats  # noqa: E402
 
 __all__ = [
     "DFlashDraftModel",
@@ -27,6 +29,7 @@ __all__ = [
     "DraftConfig",
     "GenerationResult",
     "GenerationStats",
+    "GreedyAcceptance",
     "SamplingSettings",
     "SpeculativeSampling",
     "TokenMatching",
@@ -34,6 +37,8 @@ __all__ = [
     "load",
     "load_draft",
     "make_acceptance",
+    "plain_generate",
     "save_draft",
     "stream_generate",
+    "stream_plain",
 ]

@@ -1,10 +1,14 @@
-"""Writing a directory so that a reader (or a run killed half-way) never sees it half-written."""
+"""Writing model directories: the layout mlx-lm and `dflash.load_draft` read, written so that a
+reader (or a run killed half-way) never sees a directory half-written."""
 
+import json
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+import mlx.core as mx
 
 
 @contextmanager
@@ -30,3 +34,9 @@ def atomic_directory(directory) -> Iterator[Path]:
         shutil.rmtree(old)
     else:
         os.replace(partial, directory)
+
+
+def write_model(directory: Path, weights: dict, config: dict) -> None:
+    """model.safetensors and config.json in `directory`, as mlx-lm and `dflash.load_draft` read them."""
+    mx.save_safetensors(str(directory / "model.safetensors"), weights, metadata={"format": "mlx"})
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -15,7 +15,7 @@ from adapters import DecoderAdapter, adapter_for
 from adapters.errors import DFlashError
 from adapters.loading import DTYPES, load_target, resolve_path
 
-from .files import atomic_directory
+from .files import atomic_directory, write_model
 from .model import DFlashDraftModel, DraftConfig
 
 @dataclass
@@ -74,8 +74,7 @@ def save_draft(draft: DFlashDraftModel, directory, dtype: Optional[mx.Dtype] = N
     if dtype is not None:
         weights = {k: v.astype(dtype) for k, v in weights.items()}
     with atomic_directory(directory) as partial:
-        mx.save_safetensors(str(partial / "model.safetensors"), weights, metadata={"format": "mlx"})
-        (partial / "config.json").write_text(json.dumps(draft.config.to_dict(), indent=2) + "\n")
+        write_model(partial, weights, draft.config.to_dict())
 
 
 def check_pair(adapter: DecoderAdapter, config: DraftConfig) -> None:

@@ -6,16 +6,17 @@ repeat) and `analyse` turns the runs into the figures of report.json.
 """
 
 import statistics
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Dict, List, Optional
 
 import mlx.core as mx
+from mlx_lm.generate import speculative_generate_step
 from tqdm import tqdm
 
-from dflash.generate import baseline_generate, encode_prompt, generate
+from dflash.generate import collect, encode_prompt, generate, plain_generate, stream_steps
+from dflash.stats import GenerationStats
 from dflash.loading import DFlashModel
 
 from .exactness import divergence_record
@@ -38,10 +39,8 @@ class Run:
 
 
 def run_plain(model: DFlashModel, tokenizer, prompt_ids: List[int], max_tokens: int) -> Run:
-    mx.reset_peak_memory()
-    tokens, tokens_per_second = baseline_generate(model.adapter, tokenizer, prompt_ids, max_tokens)
-    elapsed = len(tokens) / tokens_per_second if tokens_per_second else 0.0
-    return Run(tokens, elapsed, peak_memory_gb=mx.get_peak_memory() / 1e9)
+    result = plain_generate(model.adapter, tokenizer, prompt_ids, max_tokens)
+    return Run(result.tokens, result.stats.generation_time, peak_memory_gb=result.stats.peak_memory_gb)
 
 
 def run_dflash(model: DFlashModel, tokenizer, prompt_ids: List[int], max_tokens: int, block_size: Optional[int]) -> Run:
@@ -60,31 +59,26 @@ def run_dflash(model: DFlashModel, tokenizer, prompt_ids: List[int], max_tokens:
 def run_mlx_speculative(
     model: DFlashModel, tokenizer, draft_model, prompt_ids: List[int], max_tokens: int, num_draft_tokens: int
 ) -> Run:
-    """mlx-lm's speculative_generate_step, timed and cut at stop tokens as baseline_generate does."""
-    from mlx_lm.generate import speculative_generate_step
+    """mlx-lm's draft-model speculative decoding, cut at stop tokens and timed as the other methods."""
+    stats = GenerationStats(prompt_tokens=len(prompt_ids))
 
-    stop_tokens = model.adapter.stop_tokens(tokenizer)
-    mx.reset_peak_memory()
-    steps = speculative_generate_step(
-        mx.array(prompt_ids), model.target, draft_model, num_draft_tokens=num_draft_tokens, max_tokens=max_tokens
-    )
-    tokens, lengths, step_length, tic = [], [], 0, None
-    for token, _, from_draft in steps:
-        if tic is None:
-            tic = time.perf_counter()
-        step_length += 1
-        # Each verify step yields its accepted draft tokens, then one token of the target's.
-        if not from_draft:
-            lengths.append(step_length)
-            step_length = 0
-        if token in stop_tokens:
-            break
-        tokens.append(token)
-    elapsed = time.perf_counter() - tic
-    steps.close()
-    if step_length:  # the generation ended inside a step
-        lengths.append(step_length)
-    return Run(tokens, elapsed, lengths, peak_memory_gb=mx.get_peak_memory() / 1e9)
+    def steps():
+        """Its tokens grouped by verify step: the accepted draft tokens, then one of the target's."""
+        step = []
+        tokens = speculative_generate_step(mx.array(prompt_ids), model.target, draft_model,
+                                           num_draft_tokens=num_draft_tokens, max_tokens=max_tokens)  # fmt: skip
+        for token, _, from_draft in tokens:
+            step.append(token)
+            if not from_draft:
+                stats.acceptance_lengths.append(len(step))
+                yield step
+                step = []
+        if step:  # max_tokens ended the generation inside a step
+            stats.acceptance_lengths.append(len(step))
+            yield step
+
+    result = collect(stream_steps(steps(), tokenizer, model.adapter.stop_tokens(tokenizer), max_tokens, stats))
+    return Run(result.tokens, stats.generation_time, stats.acceptance_lengths, peak_memory_gb=stats.peak_memory_gb)
 
 
 def run_benchmark(

@@ -26,11 +26,9 @@ def timed(fn, repeats: int) -> list:
 
 
 def measure(target_model, repeats: int) -> dict:
-    import dflash  # noqa: F401  (loads OpenBLAS unless DFLASH_OPENBLAS=0)
+    from dflash import blas  # loads OpenBLAS unless DFLASH_OPENBLAS=0, before mlx
     import mlx.core as mx
     from mlx_lm import load
-
-    from dflash import blas
 
     a, b = mx.random.normal((1024, 1024)), mx.random.normal((1024, 1024))
     mx.eval(a, b)
@@ -46,7 +44,7 @@ def measure(target_model, repeats: int) -> dict:
 
 
 def main(argv=None) -> int:
-    from dflash.cli import DEFAULT_TARGET
+    from dflash.presets import DEFAULT_TARGET
 
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--target-model", default=str(DEFAULT_TARGET))

@@ -14,9 +14,9 @@ from typing import List, Optional
 import mlx.core as mx
 
 import dflash
-from dflash.cli import DEFAULT_DRAFT, DEFAULT_TARGET
 from adapters.errors import DFlashError
-from adapters.loading import load_target
+from adapters.loading import DTYPE_CHOICES, load_target
+from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
 from .bench import METHOD_NAMES, analyse, run_benchmark
 from .environment import environment
@@ -76,7 +76,7 @@ def add_bench(subcommands) -> None:
         "--no-chat", dest="chat", action="store_false", help="feed prompts raw, without the chat template"
     )
     parser.add_argument(
-        "--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"], help="(auto: float32 on CPU)"
+        "--dtype", default="auto", choices=DTYPE_CHOICES, help="(auto: float32 on CPU)"
     )
     parser.add_argument(
         "--tie-gap",

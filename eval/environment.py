@@ -11,7 +11,7 @@ from typing import Dict, Optional
 
 import mlx.core as mx
 
-import dflash.blas
+from dflash import blas
 from adapters.loading import resolve_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -32,8 +32,8 @@ def environment(checkpoints: Dict[str, Optional[str]], dtype: str, suite_hash: s
         "device": "cpu" if device.type == mx.cpu else "gpu",
         "device_name": info.get("device_name", platform.processor()),
         "cpu_count": os.cpu_count(),
-        # The OpenBLAS library dflash.blas loaded, "system" (Accelerate) or MLX's bundled reference.
-        "blas": dflash.blas.loaded or "reference",
+        # The OpenBLAS library dflash loaded, "system" (Accelerate) or MLX's bundled reference.
+        "blas": blas.loaded or "reference",
         "dtype": dtype,
         "git_commit": commit,
         "git_dirty": dirty,

@@ -19,25 +19,22 @@ import time
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from mlx_lm import stream_generate as mlx_stream_generate
-
-import dflash
-from adapters.router import (
+from adapters.errors import DFlashError
+from adapters.loading import DTYPE_CHOICES
+from adapters.routing import (
+    DEFAULT_THRESHOLD,
     EXPERT,
     FAST,
     ROUTERS,
-    FastModel,
     LabeledPrompt,
     RouteDecision,
     Router,
     check_threshold,
-    load_fast_model,
-    make_router,
     read_labeled_prompts,
 )
-from dflash.cli import DEFAULT_DRAFT, DEFAULT_FAST, DEFAULT_ROUTER_PROBE, DEFAULT_TARGET, DEFAULT_THRESHOLD
-from adapters.errors import DFlashError
-from dflash.generate import encode_prompt
+from dflash.engine import Engine, Request
+from dflash.generate import collect
+from dflash.presets import DEFAULT_DRAFT, DEFAULT_FAST, DEFAULT_ROUTER_PROBE, DEFAULT_TARGET
 
 DEFAULT_DATA = Path(__file__).resolve().parent / "suites" / "routing_test.jsonl"
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -73,7 +70,7 @@ def add_router(subcommands) -> None:
     parser.add_argument(
         "--no-chat", dest="chat", action="store_false", help="feed prompts raw, without the chat template"
     )
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.set_defaults(run=router)
 
@@ -167,47 +164,24 @@ def evaluate_routing(router: Router, examples: Sequence[LabeledPrompt]) -> dict:
     return report
 
 
-def generate_fast(fast: FastModel, prompt_ids: List[int], max_tokens: int) -> int:
-    """Plain greedy decoding of the fast model, as `dflash-mlx --route fast`; returns the tokens generated."""
-    generated = 0
-    for response in mlx_stream_generate(fast.model, fast.tokenizer, prompt_ids, max_tokens=max_tokens):
-        generated += response.finish_reason != "stop"
-    return generated
-
-
-def end_to_end(
-    router: Router,
-    fast: FastModel,
-    expert,
-    expert_tokenizer,
-    prompts: Sequence[str],
-    *,
-    max_tokens: int,
-    repeats: int,
-    chat: bool,
-) -> dict:
+def end_to_end(engine: Engine, prompts: Sequence[str], *, max_tokens: int, repeats: int, chat: bool) -> dict:
     """Median wall time of routing (auto only), encoding and generating each prompt in each mode."""
 
-    def run_fast(prompt: str) -> int:
-        return generate_fast(fast, encode_prompt(fast.adapter, fast.tokenizer, prompt, chat), max_tokens)
+    def run(prompt: str, mode: str) -> int:
+        request = Request(prompt, max_tokens, chat=chat, route=mode)
+        route = engine.route(request).route
+        return collect(engine.stream(request, route)).stats.generated_tokens
 
-    def run_expert(prompt: str) -> int:
-        ids = encode_prompt(expert.adapter, expert_tokenizer, prompt, chat)
-        return dflash.generate(expert, expert_tokenizer, ids, max_tokens).stats.generated_tokens
-
-    def run_auto(prompt: str) -> int:
-        return (run_fast if router.route(prompt).route == FAST else run_expert)(prompt)
-
-    modes = {FAST: run_fast, EXPERT: run_expert, "auto": run_auto}
+    modes = (FAST, EXPERT, "auto")
     results = {mode: {"seconds": [], "tokens": []} for mode in modes}
     for prompt in prompts:
-        for run in modes.values():
-            run(prompt)  # warmup
+        for mode in modes:
+            run(prompt, mode)  # warmup
         times, tokens = {mode: [] for mode in modes}, {}
         for _ in range(repeats):  # modes interleaved, so a slow spell of the machine hits them alike
-            for mode, run in modes.items():
+            for mode in modes:
                 tic = time.perf_counter()
-                tokens[mode] = run(prompt)
+                tokens[mode] = run(prompt, mode)
                 times[mode].append(time.perf_counter() - tic)
         for mode in modes:
             results[mode]["seconds"].append(statistics.median(times[mode]))
@@ -216,7 +190,7 @@ def end_to_end(
         "prompts": list(prompts),
         "max_tokens": max_tokens,
         "repeats": repeats,
-        "auto_routes": [router.route(p).route for p in prompts],
+        "auto_routes": [engine.router.route(p).route for p in prompts],
     }
     for mode, runs in results.items():
         report[mode] = {
@@ -235,31 +209,22 @@ def router(args, argv: List[str]) -> None:
         if getattr(args, option) < 1:
             raise DFlashError(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
     examples = read_labeled_prompts(args.data)
-    fast = load_fast_model(args.fast_model, args.dtype) if args.router != "guardrails" else None
-    routing = make_router(args.router, fast, args.router_probe, args.threshold)
+    engine = Engine(args.target_model, args.draft_model, fast_model=args.fast_model, router=args.router,
+                    router_probe=args.router_probe, route_threshold=args.threshold, dtype=args.dtype)  # fmt: skip
     report = {
         "data": str(args.data),
         "router": args.router,
         "threshold": args.threshold if args.router != "guardrails" else None,
-        **evaluate_routing(routing, examples),
+        **evaluate_routing(engine.router, examples),
     }
     run_e2e = args.e2e if args.e2e is not None else Path(args.target_model).is_dir() and Path(args.draft_model).is_dir()
     report["end_to_end"] = None
     if run_e2e:
-        fast = fast or load_fast_model(args.fast_model, args.dtype)
-        expert, expert_tokenizer = dflash.load(args.target_model, args.draft_model, dtype=args.dtype)
         simple = [e.prompt for e in examples if e.label == FAST][: args.e2e_prompts]
         if not simple:
             raise DFlashError(f"{args.data} has no fast-labelled prompt to time end to end")
         report["end_to_end"] = end_to_end(
-            routing,
-            fast,
-            expert,
-            expert_tokenizer,
-            simple,
-            max_tokens=args.max_tokens,
-            repeats=args.repeats,
-            chat=args.chat,
+            engine, simple, max_tokens=args.max_tokens, repeats=args.repeats, chat=args.chat
         )
     print(json.dumps(report, indent=2) if args.json else summary(report))
 

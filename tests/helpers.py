@@ -131,26 +131,16 @@ class OracleProposals(GreedyAcceptance):
 
     def __init__(self, reference, vocab_size, miss_every=7):
         self.reference, self.vocab_size, self.miss_every = reference, vocab_size, miss_every
-        self.position = 0
 
-    def first_token(self, target_logits):
-        self.position = 1
-        return super().first_token(target_logits)
-
-    def propose(self, draft_logits):
+    def propose(self, draft_logits, state):
         proposals = []
         for i in range(draft_logits.shape[0]):
-            at = self.position + i
+            at = len(state.tokens) + i
             token = self.reference[at] if at < len(self.reference) else 0
             if at % self.miss_every == self.miss_every - 1:
                 token = (token + 1) % self.vocab_size
             proposals.append(token)
         return mx.array(proposals)
-
-    def accept(self, proposals, draft_logits, target_logits):
-        committed = super().accept(proposals, draft_logits, target_logits)
-        self.position += len(committed)
-        return committed
 
 
 def write_prompts(path: Path, count: int, seed: int = 0) -> Path:

@@ -22,12 +22,13 @@ import pytest
 
 import dflash
 from adapters import Verification
-from dflash.acceptance import GreedyAcceptance
+from dflash.acceptance import ACCEPTANCE_RULES, GreedyAcceptance, SpeculativeSampling, TokenMatching, make_acceptance
 from dflash.cli import main as cli_main
 from adapters.errors import DFlashError
 from dflash.generate import speculative_generate_step
 from dflash.loading import DFlashModel
-from dflash.sampling import ACCEPTANCE_RULES, SamplingSettings, SpeculativeSampling, TokenMatching, make_acceptance
+from dflash.sampling import SamplingSettings
+from dflash.stats import GenerationStats
 
 SIGNIFICANCE = 1e-3
 MIN_EXPECTED = 5
@@ -156,10 +157,13 @@ def table_drafter(quality: str) -> TableDrafter:
     return TableDrafter(rows if quality == "good" else -rows)
 
 
-def run_table_model(acceptance, quality: str, tokens: int) -> list:
+def run_table_model(acceptance, quality: str, tokens: int, seed: int) -> tuple:
+    """The generated sequence, prompt included, and its statistics."""
     model = DFlashModel(None, TableTarget(), table_drafter(quality))
-    steps = speculative_generate_step(mx.array(TABLE_PROMPT), model, max_tokens=tokens, acceptance=acceptance)
-    return TABLE_PROMPT + [token for committed in steps for token in committed]
+    stats = GenerationStats()
+    steps = speculative_generate_step(mx.array(TABLE_PROMPT), model, max_tokens=tokens, acceptance=acceptance,
+                                      seed=seed, stats=stats)  # fmt: skip
+    return TABLE_PROMPT + [token for committed in steps for token in committed], stats
 
 
 def transition_tables(sequence: list, settings: SamplingSettings):
@@ -189,11 +193,11 @@ def test_every_token_follows_the_target(setting, rule, quality):
     target's distribution given the two tokens before it. The bad drafter takes more steps per
     token, hence fewer tokens."""
     settings = SETTINGS[setting]
-    acceptance = ACCEPTANCE_RULES[rule](settings, seed=7)
-    sequence = run_table_model(acceptance, quality, tokens=2000 if quality == "good" else 1200)
+    acceptance = ACCEPTANCE_RULES[rule](settings)
+    sequence, stats = run_table_model(acceptance, quality, tokens=2000 if quality == "good" else 1200, seed=7)
     assert goodness_of_fit(transition_tables(sequence, settings)) > SIGNIFICANCE
 
-    stats = acceptance.stats
+    stats = stats.acceptance_stats
     assert 0 in stats.accepted and max(stats.accepted) >= 1  # rejections and acceptances
     if quality == "good":
         assert TABLE_BLOCK - 1 in stats.accepted  # full accepts, with their bonus tokens
@@ -214,7 +218,7 @@ class WrongCorrection(SpeculativeSampling):
 def test_the_check_catches_a_wrong_correction():
     """With 3000 tokens the check caught this bug with every one of 6 seeds tried (p < 1e-4)."""
     settings = SETTINGS["t1"]
-    sequence = run_table_model(WrongCorrection(settings, seed=7), "good", tokens=3000)
+    sequence, _ = run_table_model(WrongCorrection(settings), "good", tokens=3000, seed=7)
     assert goodness_of_fit(transition_tables(sequence, settings)) < SIGNIFICANCE
 
 
@@ -246,7 +250,7 @@ def first_tokens_table(model, prompt, settings, draws, rule):
     counts = Counter()
     for seed in range(draws):
         steps = speculative_generate_step(
-            mx.array(prompt), model, max_tokens=2, acceptance=ACCEPTANCE_RULES[rule](settings, seed)
+            mx.array(prompt), model, max_tokens=2, acceptance=ACCEPTANCE_RULES[rule](settings), seed=seed
         )
         counts[tuple(token for committed in steps for token in committed)] += 1
     first = probabilities(settings, model.target(mx.array([prompt]))[0, -1])
@@ -271,11 +275,11 @@ def test_tiny_transformer_first_tokens_follow_the_target(tiny_pair, rule):
 def test_same_seed_same_text(tiny_pair, rule):
     model, tokenizer = tiny_pair
     settings = SamplingSettings(temperature=1.0, top_p=0.95)
-    acceptance = make_acceptance(settings, rule, seed=11)
-    first = dflash.generate(model, tokenizer, [5, 17, 99], 24, acceptance=acceptance)
-    again = dflash.generate(model, tokenizer, [5, 17, 99], 24, acceptance=acceptance)  # restarts from the seed
-    fresh = dflash.generate(model, tokenizer, [5, 17, 99], 24, acceptance=make_acceptance(settings, rule, seed=11))
-    other = dflash.generate(model, tokenizer, [5, 17, 99], 24, acceptance=make_acceptance(settings, rule, seed=12))
+    acceptance = make_acceptance(settings, rule)
+    first = dflash.generate(model, tokenizer, [5, 17, 99], 24, acceptance=acceptance, seed=11)
+    again = dflash.generate(model, tokenizer, [5, 17, 99], 24, acceptance=acceptance, seed=11)  # the rule holds no state
+    fresh = dflash.generate(model, tokenizer, [5, 17, 99], 24, acceptance=make_acceptance(settings, rule), seed=11)
+    other = dflash.generate(model, tokenizer, [5, 17, 99], 24, acceptance=make_acceptance(settings, rule), seed=12)
     assert first.tokens == again.tokens == fresh.tokens != other.tokens
     assert first.stats.acceptance_lengths == fresh.stats.acceptance_lengths
     assert first.stats.acceptance_stats.expected_speculative == fresh.stats.acceptance_stats.expected_speculative
@@ -283,7 +287,7 @@ def test_same_seed_same_text(tiny_pair, rule):
 
 def test_temperature_zero_is_greedy_whatever_the_rule():
     for rule in ACCEPTANCE_RULES:
-        assert type(make_acceptance(SamplingSettings(top_k=5, top_p=0.5), rule, seed=1)) is GreedyAcceptance
+        assert type(make_acceptance(SamplingSettings(top_k=5, top_p=0.5), rule)) is GreedyAcceptance
     with pytest.raises(DFlashError, match="temperature > 0"):
         TokenMatching(SamplingSettings())
 

@@ -1,0 +1,128 @@
+"""One request's speculative decoding, step by step: `start` a `DecodeState`, `prefill` the
+prompt, then `step` until `state.finished`.
+
+A step drafts a block in one drafter pass, verifies it in one target pass, lets the acceptance
+rule pick the committed tokens, and commits them: the target keeps the positions of
+[last committed token, accepted proposals] and forgets the rest, and the drafter is conditioned
+next on the tapped target states of those kept positions. Everything a request carries between
+steps lives in its DecodeState, so requests can be interleaved; the model and the acceptance
+rule are shared and hold none of it.
+"""
+
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import mlx.core as mx
+from mlx_lm.generate import generation_stream
+
+from adapters.errors import DFlashError
+
+from .acceptance import Acceptance
+from .loading import DFlashModel
+from .stats import GenerationStats
+
+# As mlx-lm's generate_step: the prompt but its last token is processed in chunks of this
+# size, the last token alone, so the target computes the prompt the way plain decoding does.
+PREFILL_STEP_SIZE = 2048
+
+
+@dataclass
+class DecodeState:
+    target_cache: list
+    draft_cache: list
+    block_size: int
+    max_tokens: int
+    key: mx.array  # the request's random stream (sampling rules only)
+    stats: GenerationStats
+    context: Optional[mx.array] = None  # tapped target states of committed positions the drafter has not seen
+    tokens: List[int] = field(default_factory=list)  # committed so far; the last one is not in the target cache
+
+    @property
+    def finished(self) -> bool:
+        return len(self.tokens) >= self.max_tokens
+
+    def next_key(self) -> mx.array:
+        self.key, key = mx.random.split(self.key)
+        return key
+
+
+def check_max_tokens(max_tokens: int) -> None:
+    if max_tokens < 1:
+        raise DFlashError(f"max tokens must be at least 1, got {max_tokens}")
+
+
+def start(
+    model: DFlashModel,
+    *,
+    max_tokens: int,
+    block_size: Optional[int] = None,
+    seed: Optional[int] = None,
+    stats: Optional[GenerationStats] = None,
+    target_cache: Optional[list] = None,
+) -> DecodeState:
+    """A fresh state. With no seed the random stream starts from mlx's global generator.
+    `target_cache`, if given, is an empty cache from `adapter.make_cache()` that the request fills,
+    as mlx-lm's prompt_cache: afterwards it holds every committed token but the last."""
+    check_max_tokens(max_tokens)
+    if block_size is not None and not 2 <= block_size <= model.block_size:
+        raise DFlashError(f"block size must be between 2 and the drafter's {model.block_size}, got {block_size}")
+    if seed is None:
+        seed = mx.random.randint(0, 2**31 - 1).item()
+    return DecodeState(
+        target_cache=target_cache if target_cache is not None else model.adapter.make_cache(),
+        draft_cache=model.draft.make_cache(),
+        block_size=block_size or model.block_size,
+        max_tokens=max_tokens,
+        key=mx.random.key(seed),
+        stats=stats if stats is not None else GenerationStats(),
+    )
+
+
+def prefill(model: DFlashModel, state: DecodeState, prompt: mx.array, acceptance: Acceptance) -> List[int]:
+    """Run the prompt through the target; returns [the first generated token]."""
+    adapter, layer_ids = model.adapter, model.draft.config.target_layer_ids
+    taps = []
+    with mx.stream(generation_stream):
+        for begin in range(0, prompt.size - 1, PREFILL_STEP_SIZE):
+            chunk = adapter.verify(prompt[None, begin : min(begin + PREFILL_STEP_SIZE, prompt.size - 1)],
+                                   state.target_cache, layer_ids)  # fmt: skip
+            mx.eval(chunk.taps, [c.state for c in state.target_cache])
+            taps.append(chunk.taps)
+        last = adapter.verify(prompt[None, -1:], state.target_cache, layer_ids)
+        taps.append(last.taps)
+        state.context = mx.concatenate(taps, axis=1)
+        token = acceptance.first_token(adapter.lm_head(last.hidden)[0, -1], state)
+    state.tokens.append(token)
+    return [token]
+
+
+def step(model: DFlashModel, state: DecodeState, acceptance: Acceptance) -> List[int]:
+    """One draft-verify-accept-commit step; returns the committed tokens (at least one)."""
+    adapter, draft, config = model.adapter, model.draft, model.draft.config
+    remaining = state.max_tokens - len(state.tokens)
+    # A block of b positions commits at most b tokens: draft no further than max_tokens.
+    b = max(2, min(state.block_size, remaining))
+    last = state.tokens[-1]
+
+    with mx.stream(generation_stream):
+        tic = time.perf_counter()
+        block = adapter.embed(mx.array([[last] + [config.mask_token_id] * (b - 1)]))
+        draft_logits = adapter.lm_head(draft(block, state.context, state.draft_cache)[0, 1:])
+        proposals = acceptance.propose(draft_logits, state)
+        mx.eval(proposals)
+        state.stats.draft_time += time.perf_counter() - tic
+
+        tic = time.perf_counter()
+        verified = adapter.verify(mx.concatenate([mx.array([last]), proposals])[None], state.target_cache,
+                                  config.target_layer_ids)  # fmt: skip
+        committed = acceptance.accept(proposals, draft_logits, adapter.lm_head(verified.hidden)[0], state)
+        state.stats.acceptance_lengths.append(len(committed))
+        # A block of 2 drafted with one token left may commit 2: keep one.
+        committed = committed[:remaining]
+        # The pass ran [last, proposals]; keep the positions of [last, accepted proposals].
+        verified.commit(len(committed))
+        state.context = verified.taps[:, : len(committed)]
+        state.stats.verify_time += time.perf_counter() - tic
+    state.tokens.extend(committed)
+    return committed
