@@ -15,10 +15,12 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.llama import ModelArgs
 from mlx_lm.tokenizer_utils import load as load_tokenizer
 
-import train.pretrain as pretrain_module
-from train.corpus import build_corpus, heldout_prompts, load_heldout_prompts
-from train.pretrain import PretrainConfig, pretrain, save_model, token_stream, tokenize
-from train.tokenizer import CHAT_TEMPLATE, EOT, END_OF_TEXT, MASK, eos_token_ids, format_chat, save_tokenizer, train_tokenizer
+from train import checkpoint
+from train.offline_default.corpus import build_corpus, heldout_prompts, load_heldout_prompts
+from train.offline_default.pretrain import PretrainConfig, pretrain, save_model, token_stream, tokenize
+from train.offline_default.tokenizer import (
+    CHAT_TEMPLATE, END_OF_TEXT, EOT, MASK, eos_token_ids, format_chat, save_tokenizer, train_tokenizer,
+)  # fmt: skip
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
@@ -122,6 +124,7 @@ def streams(tokenizer_dir, small_corpus):
     )
 
 
+@pytest.mark.slow
 def test_pretraining_lowers_the_loss_and_exports_an_mlx_lm_model(tmp_path, streams, tokenizer_dir):
     tokenizer, train_stream, heldout_stream = streams
     args = tiny_args(tokenizer.get_vocab_size())
@@ -140,19 +143,20 @@ def test_pretraining_lowers_the_loss_and_exports_an_mlx_lm_model(tmp_path, strea
         assert mx.allclose(saved[name].astype(mx.float32), value, atol=1e-2).item(), name
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_exactly(tmp_path, monkeypatch, streams):
     tokenizer, train_stream, heldout_stream = streams
     args = tiny_args(tokenizer.get_vocab_size())
     cfg = PretrainConfig(steps=6, seq_len=32, batch_size=2, warmup_steps=2, eval_every=100, eval_batches=1, checkpoint_every=3)
     straight, _ = pretrain(args, cfg, train_stream, heldout_stream, tmp_path / "straight")
 
-    save_checkpoint = pretrain_module.save_checkpoint
+    save_checkpoint = checkpoint.save_checkpoint
 
     def save_then_crash(*a, **kw):
         save_checkpoint(*a, **kw)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pretrain_module, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         pretrain(args, cfg, train_stream, heldout_stream, tmp_path / "resumed")
     monkeypatch.undo()

@@ -1,5 +1,5 @@
-"""Anchors, block masks and loss weights, checked by hand, and the training forward pass
-checked against the drafter's own decoding path."""
+"""Anchors, block masks, loss weights and the learning-rate schedule, checked by hand, and the
+training forward pass checked against the drafter's own decoding path."""
 
 import math
 
@@ -11,9 +11,10 @@ from mlx.utils import tree_flatten
 import dflash  # noqa: F401  (OpenBLAS before mlx)
 from dflash.loading import load_draft
 from tests.helpers import draft_config, save_random_draft, save_target, target_config
-from train.blocks import default_gamma, epoch_order, loss_weights, make_blocks, sample_anchors
+from train.blocks import default_gamma, loss_weights, make_blocks, sample_anchors
 from train.data import load_training_target
 from train.hidden_states import target_hidden
+from train.schedule import batch_of_step, epoch_order, learning_rate_schedule
 
 MASK = 99
 
@@ -51,6 +52,25 @@ def test_anchors_lie_in_the_response_and_leave_a_label():
     draw = lambda epoch: sample_anchors(np.random.default_rng([0, epoch, 7]), 5, 400, 16).tolist()  # noqa: E731
     assert draw(0) == draw(0) and draw(0) != draw(1)
     assert sorted(epoch_order(0, 3, 10).tolist()) == list(range(10))
+
+
+def test_batches_walk_a_new_order_every_epoch():
+    batches = [batch_of_step(0, step, num_examples=10, batch_size=3) for step in range(6)]
+    assert [epoch for epoch, _ in batches] == [0, 0, 0, 1, 1, 1]
+    for epoch in (0, 1):
+        seen = np.concatenate([indices for e, indices in batches if e == epoch]).tolist()
+        assert seen == epoch_order(0, epoch, 10)[:9].tolist()  # one example left over sits the epoch out
+    assert batches[0][1].tolist() != batches[3][1].tolist()
+
+
+def test_learning_rate_warms_up_then_decays_to_the_final_rate():
+    schedule = learning_rate_schedule(1.0, warmup_steps=4, total_steps=14, final_lr=0.1)
+    rates = [schedule(mx.array(step)).item() for step in range(15)]
+    np.testing.assert_allclose(rates[:5], [0.25, 0.5, 0.75, 1.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(rates[9], 0.1 + 0.9 * 0.5, rtol=1e-6)  # half way through the cosine
+    np.testing.assert_allclose(rates[14], 0.1, rtol=1e-6)
+    assert all(a >= b for a, b in zip(rates[3:], rates[4:]))
+    assert learning_rate_schedule(1.0, warmup_steps=0, total_steps=10)(mx.array(0)).item() == 1.0
 
 
 def test_loss_weights_and_gamma():

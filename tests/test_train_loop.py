@@ -1,5 +1,6 @@
 """The training loop on tiny targets: the loss falls, the drafter it writes decodes
-losslessly, a SIGKILLed run resumes bit-identically, precomputed hidden states train the same."""
+losslessly, a SIGKILLed run resumes bit-identically from checkpoints that are drafters
+themselves, precomputed hidden states train the same."""
 
 import signal
 import subprocess
@@ -9,13 +10,16 @@ from dataclasses import replace
 
 import mlx.core as mx
 import pytest
+from mlx.utils import tree_flatten
 
 import dflash
 from adapters.errors import DFlashError
-from dflash.generate import baseline_generate, encode_prompt
+from dflash.generate import encode_prompt, plain_generate
 from tests.helpers import REPO, make_tiny_data, metrics, tiny_config, weights
 from train.dflash_train import train
 from train.hidden_states import precompute
+
+pytestmark = pytest.mark.slow  # whole training runs
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +49,7 @@ def test_loss_falls_and_the_drafter_decodes_losslessly(family, llama, tmp_path, 
     prompt = "Speculative decoding drafts a block"
     result = dflash.generate(model, tokenizer, prompt, max_tokens=30, chat=True)
     prompt_ids = encode_prompt(model.adapter, tokenizer, prompt, chat=True)
-    assert result.tokens == baseline_generate(model.adapter, tokenizer, prompt_ids, 30)[0]
+    assert result.tokens == plain_generate(model.adapter, tokenizer, prompt_ids, 30).tokens
 
 
 def test_sigkill_then_resume_is_bit_identical(llama, tmp_path):
@@ -75,6 +79,10 @@ def test_sigkill_then_resume_is_bit_identical(llama, tmp_path):
     final, expected = weights(resumed), weights(reference)
     assert all(mx.array_equal(final[k], expected[k]).item() for k in expected)
     assert not (run / "checkpoints" / "step_00000099.partial").exists()
+    # A checkpoint is a drafter in the published format, beside its training state.
+    last = run / "checkpoints" / f"step_{steps:08d}"
+    checkpoint_weights = dict(tree_flatten(dflash.load_draft(str(last)).parameters()))
+    assert all(mx.array_equal(checkpoint_weights[k], expected[k]).item() for k in expected)
 
 
 def test_precomputed_hidden_states_train_the_same(llama, tmp_path):
@@ -88,3 +96,5 @@ def test_precomputed_hidden_states_train_the_same(llama, tmp_path):
 
     with pytest.raises(DFlashError, match="other settings .*target_layer_ids"):
         train(replace(config, out=str(tmp_path / "bad"), hidden_states=str(shards), target_layer_ids=[1, 2]))
+    with pytest.raises(DFlashError, match=r"target layer ids \[1, 9\]; the target has layers 0\.\.5"):
+        precompute(str(target), str(data_dir), str(tmp_path / "bad-hidden"), 2, [1, 9], config.max_length)

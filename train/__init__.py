@@ -1,1 +1,5 @@
-"""Drafter training for dflash-mlx."""
+"""Drafter training for dflash-mlx (`dflash-train`); offline_default/ builds the shipped toy models."""
+
+from dflash import blas
+
+blas.use_openblas()  # before any module of this package imports mlx (a no-op once dflash did it)

@@ -1,10 +1,12 @@
-"""How one sequence becomes a batch of training blocks (DESIGN.md section 1, training recipe).
+"""How one sequence becomes a batch of training blocks, as in the DFlash paper (Chen, Liang and
+Liu, arXiv 2602.06036).
 
-Each anchor position inside the response starts a block: the anchor token is given, the
-B - 1 positions after it are masks whose labels are the sequence's next tokens. A block sees
-the context features of the positions strictly before its anchor and every position of its
-own block; blocks never see each other. All blocks of a sequence run in one drafter pass,
-blocks on the batch axis.
+Anchors are drawn at random inside the response, anew every epoch. Each anchor starts a block:
+the anchor token is given, the B - 1 positions after it are masks whose labels are the
+sequence's next tokens. A block sees the target's context features at the positions strictly
+before its anchor and its whole own block, bidirectionally; blocks never see each other. All
+blocks of a sequence run in one drafter pass, blocks on the batch axis. Predicted position k
+(1..B-1) of a block weighs w_k = exp(-(k - 1) / gamma) in the loss.
 """
 
 from dataclasses import dataclass
@@ -67,7 +69,3 @@ def anchor_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """Anchors depend only on (seed, epoch, sequence): resampled every epoch, identical after a
     resume and on whichever rank the sequence lands."""
     return np.random.default_rng([seed, epoch, index])
-
-
-def epoch_order(seed: int, epoch: int, num_sequences: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(num_sequences)

@@ -49,7 +49,7 @@ import argparse
 import os
 import sys
 
-from adapters.errors import DFlashError
+from dflash import DFlashError
 
 from .dflash_train import TrainConfig
 

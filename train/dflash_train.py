@@ -1,4 +1,7 @@
-"""Train a DFlash drafter for a target (the paper's recipe, DESIGN.md section 1).
+"""Train a DFlash drafter for a target with the recipe of the DFlash paper (Chen, Liang and Liu,
+arXiv 2602.06036): the target is frozen and the drafter learns from the target's own answers,
+with random anchors in each response, resampled every epoch (blocks.py); AdamW at lr 6e-4,
+cosine decay after a 4% linear warmup, gradient norm clipped to 1.0, 6 epochs.
 
 Each optimizer step takes `batch_size` regenerated sequences (split over the data-parallel
 ranks). Per sequence: the frozen target computes its tapped hidden states, random anchors are
@@ -20,15 +23,16 @@ from mlx.utils import tree_map
 from tqdm import tqdm
 
 from adapters.errors import DFlashError
-from dflash.generate import generate
 from adapters.loading import DTYPES
+from dflash.generate import generate
 from dflash.loading import DFlashModel, check_pair, save_draft
 from dflash.model import DFlashDraftModel, DraftConfig
 
 from . import checkpoint
-from .blocks import anchor_rng, default_gamma, epoch_order, make_blocks, sample_anchors
+from .blocks import anchor_rng, default_gamma, make_blocks, sample_anchors
 from .data import canonical, load_sequences, load_training_target
 from .hidden_states import HiddenStateShards, target_hidden
+from .schedule import batch_of_step, learning_rate_schedule
 
 MASK_TOKEN_NAMES = ("<|mask|>", "<|MASK|>", "<mask>", "[MASK]")
 # Settings a resumed run must share with the run it continues; the others may change.
@@ -122,15 +126,6 @@ def scale_residual_writes(draft: DFlashDraftModel, scale: float) -> None:
         layer.mlp.down_proj.weight = layer.mlp.down_proj.weight * scale
 
 
-def lr_schedule(config: TrainConfig, total_steps: int):
-    warmup = round(config.warmup * total_steps)
-    cosine = optim.cosine_decay(config.lr, max(total_steps - warmup, 1))
-    if warmup == 0:
-        return cosine
-    ramp = optim.linear_schedule(config.lr / warmup, config.lr, max(warmup - 1, 1))
-    return optim.join_schedules([ramp, cosine], [warmup])
-
-
 def block_loss(draft, adapter, blocks, hidden):
     """Sum of weighted cross-entropies over the blocks' predicted positions, and the number of
     correct top-1 predictions among the positions with a label."""
@@ -199,22 +194,17 @@ def train(config: TrainConfig) -> Path:
     mx.random.seed(config.seed)
     draft = DFlashDraftModel(draft_config)
     scale_residual_writes(draft, config.residual_init_scale)
-    optimizer = optim.AdamW(learning_rate=lr_schedule(config, total_steps), weight_decay=config.weight_decay)
+    schedule = learning_rate_schedule(config.lr, round(config.warmup * total_steps), total_steps)
+    optimizer = optim.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
     optimizer.init(draft.trainable_parameters())
+    settings = {**{k: asdict(config)[k] for k in TRAJECTORY_FIELDS}, "num_sequences": len(sequences)}
 
     step, run_id = 0, None
     if rank == 0:
-        checkpoint.remove_partial_checkpoints(out)
-        latest = checkpoint.latest_checkpoint(out)
-        if latest is not None:
-            state = checkpoint.load_checkpoint(latest, draft, optimizer)
-            changed = [k for k in TRAJECTORY_FIELDS if state["config"][k] != asdict(config)[k]]
-            if state["num_sequences"] != len(sequences):
-                changed.append(f"{state['num_sequences']} sequences in --data, now {len(sequences)}")
-            if changed:
-                raise DFlashError(f"{out} holds a run with other settings ({', '.join(changed)}); use another --out")
+        state = checkpoint.resume(out, draft, draft_config.to_dict(), optimizer, settings)
+        if state is not None:
             step, run_id = state["step"], state["wandb_run_id"]
-            print(f"resuming from {latest} at step {step}")
+            print(f"resuming {out} at step {step}")
     # Only rank 0 reads the checkpoint (other machines need not have it); every rank starts from its state.
     draft.update(broadcast_from_rank0(draft.parameters(), group))
     optimizer.state = broadcast_from_rank0(optimizer.state, group)
@@ -224,10 +214,7 @@ def train(config: TrainConfig) -> Path:
     metrics_file, run = out / "metrics.jsonl", None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        # Keep the history up to the resumed step; later lines came from steps being redone.
-        if metrics_file.exists():
-            kept = [line for line in metrics_file.read_text().splitlines(True) if json.loads(line)["step"] <= step]
-            metrics_file.write_text("".join(kept))
+        checkpoint.keep_metrics_until(metrics_file, step)
         run = start_wandb(config, run_id)
         run_id = run.id if run is not None else None
     eval_model = DFlashModel(target, adapter, draft)
@@ -236,12 +223,10 @@ def train(config: TrainConfig) -> Path:
     progress = tqdm(total=last_step, initial=step, desc="train", unit="step", disable=rank != 0)
     while step < last_step:
         tic = time.perf_counter()
-        epoch, position = divmod(step, steps_per_epoch)
-        order = epoch_order(config.seed, epoch, len(train_sequences))
-        batch = order[position * config.batch_size : (position + 1) * config.batch_size][rank::world]
+        epoch, batch = batch_of_step(config.seed, step, len(train_sequences), config.batch_size)
 
         grads, totals = None, mx.zeros(4)  # weighted loss, weight, correct, labelled positions
-        for i in batch:
+        for i in batch[rank::world]:
             sequence = train_sequences[i]
             tokens = np.array(sequence.tokens)
             rng = anchor_rng(config.seed, epoch, sequence.index)
@@ -273,9 +258,10 @@ def train(config: TrainConfig) -> Path:
             if run is not None:
                 run.log(record, step=step)
             if step % config.save_every == 0 or step == last_step:
-                state = {"step": step, "epoch": epoch, "num_sequences": len(sequences), "config": asdict(config),
-                         "wandb_run_id": run_id}  # fmt: skip
-                checkpoint.save_checkpoint(out, step, draft, optimizer, state, config.keep_checkpoints)
+                state = {"settings": settings, "wandb_run_id": run_id}
+                checkpoint.save_checkpoint(
+                    out, step, draft, draft_config.to_dict(), optimizer, state, config.keep_checkpoints
+                )
             progress.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.2f}")
             progress.update(1)
     progress.close()

@@ -40,9 +40,7 @@ def precompute(target: str, data_dir: str, out: str, draft_layers: int, layer_id
     """Hidden states of the layers `layer_ids` (default: the published rule for `draft_layers`)."""
     _, _, adapter = data.load_training_target(target)
     layer_ids = layer_ids or adapter.default_layer_ids(draft_layers)
-    bad = [i for i in layer_ids if not 0 <= i < adapter.num_layers]
-    if bad:
-        raise DFlashError(f"target layer ids {bad} are outside the target's layers 0..{adapter.num_layers - 1}")
+    adapter.check_layer_ids(layer_ids, "target layer ids")
     directory = Path(out)
     data.read_meta_or_create(directory, shard_meta(data_dir, layer_ids, max_length, dtype))
     sequences = data.load_sequences(data_dir, max_length)

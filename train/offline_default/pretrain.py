@@ -1,4 +1,4 @@
-"""Next-token pretraining of an mlx-lm `llama` model on the chat corpus (train/corpus.py).
+"""Next-token pretraining of an mlx-lm `llama` model on the chat corpus (corpus.py).
 
 Samples are rendered with the chat template, tokenized, shuffled and concatenated into one
 token stream that is cut into fixed-length chunks (packed sequences; a chunk can span several
@@ -6,32 +6,41 @@ samples, each starting with <|begin_of_text|>). The loss is taken on every token
 template tokens included: the prompts are short and templated, so masking them would only
 throw away signal in a run that sees each sample about once.
 
-Training is fp32 AdamW with linear warmup then cosine decay, and grad-norm clipping. Metrics go
-to a JSONL file; checkpoints (fp32 weights + optimizer state) are written atomically and the
-run resumes from the latest one. The exported model directory holds config.json,
+Training is fp32 AdamW with linear warmup then cosine decay, and grad-norm clipping; every
+epoch walks a new seeded permutation of the chunks. The schedule, the data order and the
+checkpoints are those of drafter training (train/schedule.py, train/checkpoint.py): metrics go
+to a JSONL file and the run resumes from its newest checkpoint. The exported model directory holds config.json,
 model.safetensors in bfloat16 and the tokenizer files, and loads with `mlx_lm.load(dir)`.
 """
 
 import dataclasses
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
 
-import dflash.blas  # noqa: F401  (OpenBLAS before mlx)
 import datasets
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_map_with_path, tree_unflatten
+from mlx.utils import tree_flatten, tree_map_with_path
 from mlx_lm.models.llama import Model, ModelArgs
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from train.tokenizer import TOKENIZER_FILES, format_chat
+from dflash.files import atomic_directory, write_model
+
+from .. import checkpoint
+from ..schedule import batch_of_step, learning_rate_schedule
+from .tokenizer import TOKENIZER_FILES, format_chat
+
+# Settings a resumed run must share with the run it continues; the others may change.
+TRAJECTORY_FIELDS = (
+    "steps", "seq_len", "batch_size", "learning_rate", "adam_betas", "warmup_steps", "min_lr_ratio", "weight_decay",
+    "grad_clip", "seed",
+)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -48,7 +57,21 @@ class PretrainConfig:
     eval_every: int = 100
     eval_batches: int = 8
     checkpoint_every: int = 50
+    keep_checkpoints: int = 2
     seed: int = 0
+
+
+def llama_args(vocab_size: int, context: int, **shape) -> ModelArgs:
+    """A llama with tied embeddings, `shape` giving its sizes."""
+    return ModelArgs(
+        model_type="llama",
+        vocab_size=vocab_size,
+        max_position_embeddings=context,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        **shape,
+    )
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -99,15 +122,6 @@ def chunks(stream: np.ndarray, indices: np.ndarray, seq_len: int) -> tuple[mx.ar
     return mx.array(rows[:, :-1]), mx.array(rows[:, 1:])
 
 
-def batch_indices(n_chunks: int, batch_size: int, step: int, seed: int) -> np.ndarray:
-    """Chunk indices of a step's batch: epochs of seeded permutations, a pure function of the
-    step so a resumed run sees exactly the batches it would have seen."""
-    per_epoch = n_chunks // batch_size
-    epoch, position = divmod(step, per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(n_chunks)
-    return order[position * batch_size : (position + 1) * batch_size]
-
-
 def lm_loss(model: Model, inputs: mx.array, targets: mx.array) -> mx.array:
     return nn.losses.cross_entropy(model(inputs), targets, reduction="mean")
 
@@ -120,50 +134,6 @@ def evaluate(model: Model, stream: np.ndarray, cfg: PretrainConfig) -> float:
         inputs, targets = chunks(stream, np.arange(start, start + cfg.batch_size), cfg.seq_len)
         losses.append(lm_loss(model, inputs, targets).item())
     return float(np.mean(losses))
-
-
-def learning_rate_schedule(cfg: PretrainConfig):
-    warmup = optim.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
-    decay = optim.cosine_decay(cfg.learning_rate, cfg.steps - cfg.warmup_steps, cfg.learning_rate * cfg.min_lr_ratio)
-    return optim.join_schedules([warmup, decay], [cfg.warmup_steps])
-
-
-def save_checkpoint(checkpoint_dir: Path, step: int, model: Model, optimizer: optim.Optimizer, run: dict) -> None:
-    """Write step_NNNNNN/ under a temporary name, rename it into place, then point latest.json
-    at it (also by rename), so a crash never leaves a half-written checkpoint as the latest."""
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    name = f"step_{step:06d}"
-    tmp = checkpoint_dir / f"{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    mx.save_safetensors(str(tmp / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
-    (tmp / "run.json").write_text(json.dumps({**run, "step": step}, indent=2))
-    shutil.rmtree(checkpoint_dir / name, ignore_errors=True)
-    os.replace(tmp, checkpoint_dir / name)
-    latest_tmp = checkpoint_dir / "latest.json.tmp"
-    latest_tmp.write_text(json.dumps({"step": step, "dir": name}))
-    os.replace(latest_tmp, checkpoint_dir / "latest.json")
-    for old in checkpoint_dir.glob("step_*"):
-        if old.name != name:
-            shutil.rmtree(old)
-
-
-def load_checkpoint(checkpoint_dir: Path, model: Model, optimizer: optim.Optimizer, run: dict) -> int:
-    """Restore the latest checkpoint into model and optimizer; returns its step (0 if none).
-    Refuses a checkpoint written by a run with other settings."""
-    latest = checkpoint_dir / "latest.json"
-    if not latest.exists():
-        return 0
-    path = checkpoint_dir / json.loads(latest.read_text())["dir"]
-    saved = json.loads((path / "run.json").read_text())
-    step = saved.pop("step")
-    if saved != run:
-        raise ValueError(f"checkpoint {path} was written by a run with other settings: {saved} != {run}")
-    model.load_weights(list(mx.load(str(path / "model.safetensors")).items()))
-    optimizer.state = tree_unflatten(list(mx.load(str(path / "optimizer.safetensors")).items()))
-    mx.eval(model.parameters(), optimizer.state)
-    return step
 
 
 def pretrain(
@@ -180,11 +150,15 @@ def pretrain(
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(model_args, cfg.seed)
-    optimizer = optim.AdamW(learning_rate=learning_rate_schedule(cfg), betas=list(cfg.adam_betas), weight_decay=cfg.weight_decay)
+    final_lr = cfg.learning_rate * cfg.min_lr_ratio
+    schedule = learning_rate_schedule(cfg.learning_rate, cfg.warmup_steps, cfg.steps, final_lr)
+    optimizer = optim.AdamW(learning_rate=schedule, betas=list(cfg.adam_betas), weight_decay=cfg.weight_decay)
     optimizer.init(model.trainable_parameters())
-    # Through JSON so it compares equal to the copy read back from a checkpoint (tuples become lists).
-    run = json.loads(json.dumps({"model_args": dataclasses.asdict(model_args), "pretrain_config": dataclasses.asdict(cfg)}))
-    start_step = load_checkpoint(work_dir / "checkpoints", model, optimizer, run)
+    model_config = dataclasses.asdict(model_args)
+    settings = {**{k: getattr(cfg, k) for k in TRAJECTORY_FIELDS}, "train_stream_tokens": len(train_stream)}
+    state = checkpoint.resume(work_dir, model, model_config, optimizer, settings)
+    start_step = state["step"] if state else 0
+    checkpoint.keep_metrics_until(work_dir / "metrics.jsonl", start_step)
 
     loss_and_grad = nn.value_and_grad(model, lm_loss)
 
@@ -201,7 +175,8 @@ def pretrain(
     with open(work_dir / "metrics.jsonl", "a") as metrics, tqdm(total=cfg.steps, initial=start_step, desc=work_dir.name) as bar:
         for step in range(start_step, cfg.steps):
             done = step + 1
-            inputs, targets = chunks(train_stream, batch_indices(n_chunks, cfg.batch_size, step, cfg.seed), cfg.seq_len)
+            _, indices = batch_of_step(cfg.seed, step, n_chunks, cfg.batch_size)
+            inputs, targets = chunks(train_stream, indices, cfg.seq_len)
             tic = time.perf_counter()
             loss, grad_norm = train_step(inputs, targets)
             mx.eval(loss, grad_norm, model.parameters(), optimizer.state)
@@ -222,7 +197,9 @@ def pretrain(
             bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
             bar.update(1)
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                save_checkpoint(work_dir / "checkpoints", done, model, optimizer, run)
+                checkpoint.save_checkpoint(
+                    work_dir, done, model, model_config, optimizer, {"settings": settings}, cfg.keep_checkpoints
+                )
 
     trained_steps = cfg.steps - start_step
     summary.update(
@@ -237,16 +214,10 @@ def pretrain(
 
 def save_model(model: Model, model_args: ModelArgs, out_dir: Path, tokenizer_dir: Path, eos_token_ids: list[int], train_config: dict) -> None:
     """Export a directory that `mlx_lm.load` reads like a hub checkpoint (bfloat16 weights)."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     weights = {k: v.astype(mx.bfloat16) for k, v in tree_flatten(model.parameters())}
-    mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
     config = {**dataclasses.asdict(model_args), "eos_token_id": eos_token_ids, "torch_dtype": "bfloat16"}
-    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2) + "\n")
-    for name in TOKENIZER_FILES:
-        shutil.copy(Path(tokenizer_dir) / name, tmp / name)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    with atomic_directory(out_dir) as partial:
+        write_model(partial, weights, config)
+        (partial / "train_config.json").write_text(json.dumps(train_config, indent=2) + "\n")
+        for name in TOKENIZER_FILES:
+            shutil.copy(Path(tokenizer_dir) / name, partial / name)

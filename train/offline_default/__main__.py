@@ -2,9 +2,9 @@
 
     uv run python -m train.offline_default --stage all --out dflash/checkpoints
 
-base: corpus (train/corpus.py) -> held-out prompts (train/data/heldout_prompts.jsonl) -> byte-level
-BPE tokenizer (train/tokenizer.py) -> pretrain the "expert" target LM -> pretrain the "fast" LM
-(train/pretrain.py). drafter: the expert answers training prompts (`dflash-train regenerate`),
+base: corpus (corpus.py) -> held-out prompts (train/data/heldout_prompts.jsonl) -> byte-level
+BPE tokenizer (tokenizer.py) -> pretrain the "expert" target LM -> pretrain the "fast" LM
+(pretrain.py). drafter: the expert answers training prompts (`dflash-train regenerate`),
 its tapped hidden states are stored (`dflash-train precompute`), then its DFlash drafter trains
 on those answers (`dflash-train run`), with DRAFTER_ARGS. Each model directory gets the
 tokenizer files and a train_config.json with every setting and the run's results. Intermediate
@@ -25,12 +25,16 @@ import sys
 import time
 from pathlib import Path
 
-from mlx_lm.models.llama import ModelArgs
 from tokenizers import Tokenizer
 
-from train.corpus import build_corpus, heldout_prompts, write_heldout_prompts
-from train.pretrain import PretrainConfig, build_model, count_parameters, pretrain, save_model, token_stream, tokenize
-from train.tokenizer import eos_token_ids, format_chat, save_tokenizer, train_tokenizer
+from dflash.files import atomic_directory  # first: `import dflash` loads OpenBLAS before mlx
+
+from ..cli import main as dflash_train
+from .corpus import build_corpus, heldout_prompts, write_heldout_prompts
+from .pretrain import (
+    PretrainConfig, build_model, count_parameters, llama_args, pretrain, save_model, token_stream, tokenize,
+)  # fmt: skip
+from .tokenizer import eos_token_ids, format_chat, save_tokenizer, train_tokenizer
 
 VOCAB_SIZE = 4096
 CONTEXT = 512
@@ -71,23 +75,12 @@ DRAFTER_ARGS = [
 KIND_REPEATS = {"topic": 3, "module": 2}
 
 
-def model_args(name: str, vocab_size: int) -> ModelArgs:
-    return ModelArgs(
-        model_type="llama",
-        vocab_size=vocab_size,
-        max_position_embeddings=CONTEXT,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        tie_word_embeddings=True,
-        **MODELS[name]["args"],
-    )
-
-
 def build_tokenizer(corpus, tokenizer_dir: Path) -> Tokenizer:
     """Train once per work dir: a resumed run must tokenize exactly as the interrupted one."""
-    if not (tokenizer_dir / "tokenizer.json").exists():
+    if not tokenizer_dir.exists():
         texts = (format_chat(p, r) for p, r in zip(corpus["train"]["prompt"], corpus["train"]["response"]))
-        save_tokenizer(train_tokenizer(texts, VOCAB_SIZE), tokenizer_dir, CONTEXT)
+        with atomic_directory(tokenizer_dir) as partial:
+            save_tokenizer(train_tokenizer(texts, VOCAB_SIZE), partial, CONTEXT)
     return Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
 
 
@@ -110,8 +103,6 @@ def main() -> None:
 
 def build_drafter(args, corpus) -> None:
     """Regenerate training answers with the shipped expert, train its drafter, ship it."""
-    from train.cli import main as dflash_train
-
     expert, work = args.out / "expert", args.work_dir / "drafter"
     work.mkdir(parents=True, exist_ok=True)
     prompts_file = work / "prompts.parquet"
@@ -133,9 +124,6 @@ def build_drafter(args, corpus) -> None:
 
 def ship_drafter(run: Path, shipped: Path, commands, seconds: float) -> None:
     """Copy the run's finished drafter to `shipped`, with the commands and results beside it."""
-    if shipped.exists():
-        shutil.rmtree(shipped)
-    shutil.copytree(run / "drafter", shipped)
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_config = {
         "command": " ".join(["python -m train.offline_default"] + sys.argv[1:]),
@@ -143,7 +131,9 @@ def ship_drafter(run: Path, shipped: Path, commands, seconds: float) -> None:
         "results": {"final": metrics[-1], "tau": [m["tau"] for m in metrics if "tau" in m],
                     "wall_seconds": seconds},
     }  # fmt: skip
-    (shipped / "train_config.json").write_text(json.dumps(train_config, indent=2) + "\n")
+    with atomic_directory(shipped) as partial:
+        shutil.copytree(run / "drafter", partial, dirs_exist_ok=True)
+        (partial / "train_config.json").write_text(json.dumps(train_config, indent=2) + "\n")
     print(json.dumps(train_config["results"], indent=2), flush=True)
 
 
@@ -165,7 +155,7 @@ def build_base_models(args, corpus) -> None:
     }
 
     for name in args.models:
-        margs = model_args(name, tokenizer.get_vocab_size())
+        margs = llama_args(tokenizer.get_vocab_size(), CONTEXT, **MODELS[name]["args"])
         n_params = count_parameters(build_model(margs, args.seed))
         if n_params > MODELS[name]["max_parameters"]:
             raise ValueError(f"{name} has {n_params} parameters, over its cap of {MODELS[name]['max_parameters']}")

@@ -23,7 +23,7 @@ from pathlib import Path
 import datasets
 from pydoc_data.topics import topics as PYDOC_TOPICS
 
-HELDOUT_PROMPTS_PATH = Path(__file__).parent / "data" / "heldout_prompts.jsonl"
+HELDOUT_PROMPTS_PATH = Path(__file__).parents[1] / "data" / "heldout_prompts.jsonl"
 
 # Test suites are most of the stdlib's bytes but read like nothing users ask for; encodings/ is
 # generated codec tables; pydoc_data/ holds the topics themselves (held-out topics would leak).
