@@ -243,6 +243,7 @@ def test_cli_json_with_baseline(make_pair, capsys):
     assert report["dtype"] == "float32"
 
 
+@pytest.mark.slow  # a fresh interpreter per package
 @pytest.mark.parametrize("package", ["adapters", "train", "eval", "dflash"])
 def test_every_package_imports_first_in_a_fresh_process(package):
     import subprocess
