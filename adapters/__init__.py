@@ -1,32 +1,36 @@
 """Target-family adapters. `adapter_for(model)` picks the adapter of a loaded mlx-lm model."""
 
-from mlx_lm.models.cache import ArraysCache, make_prompt_cache
-
 from .base import DecoderAdapter, Verification, default_target_layer_ids
 from .errors import DFlashError
+from .gpt_oss import GptOssAdapter
 from .llama import LlamaAdapter
 from .qwen3 import Qwen3Adapter
+from .qwen3_5 import Qwen3_5Adapter
+from .qwen3_moe import Qwen3MoeAdapter
+from .qwen3_next import Qwen3NextAdapter
 
+# mlx-lm family module -> adapter
 ADAPTERS = {
-    "mlx_lm.models.llama": LlamaAdapter,
-    "mlx_lm.models.qwen3": Qwen3Adapter,
+    "llama": LlamaAdapter,
+    "qwen3": Qwen3Adapter,
+    "qwen3_moe": Qwen3MoeAdapter,
+    "qwen3_next": Qwen3NextAdapter,
+    "qwen3_5": Qwen3_5Adapter,
+    "qwen3_5_moe": Qwen3_5Adapter,
+    "gpt_oss": GptOssAdapter,
 }
 
 
 def adapter_for(model) -> DecoderAdapter:
-    module = type(model).__module__
-    if module in ADAPTERS:
-        return ADAPTERS[module](model)
-    family = module.rsplit(".", 1)[-1]
-    if any(isinstance(c, ArraysCache) for c in make_prompt_cache(model)):
+    family = type(model).__module__.removeprefix("mlx_lm.models.")
+    if family not in ADAPTERS:
         raise DFlashError(
-            f"target family '{family}' has recurrent (linear-attention) layers whose state cannot be "
-            "rolled back yet; supported families: llama, qwen3"
+            f"no dflash-mlx adapter for target family '{family}'; supported families: {', '.join(ADAPTERS)}"
         )
-    raise DFlashError(f"no dflash-mlx adapter for target family '{family}'; supported families: llama, qwen3")
+    return ADAPTERS[family](model)
 
 
 __all__ = [
-    "ADAPTERS", "DFlashError", "DecoderAdapter", "LlamaAdapter", "Qwen3Adapter", "Verification", "adapter_for",
-    "default_target_layer_ids",
+    "ADAPTERS", "DFlashError", "DecoderAdapter", "GptOssAdapter", "LlamaAdapter", "Qwen3Adapter", "Qwen3MoeAdapter",
+    "Qwen3NextAdapter", "Qwen3_5Adapter", "Verification", "adapter_for", "default_target_layer_ids",
 ]  # fmt: skip

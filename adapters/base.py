@@ -12,15 +12,23 @@ in mlx-lm is patched. What the decode loop uses:
 
 "Layer i" is the output of decoder layer i (0-based), i.e. `hidden_states[i + 1]` in Hugging
 Face terms.
+
+Cache kinds and how `commit` rolls them back:
+- a KV cache is trimmed;
+- a sliding-window layer gets a plain KV cache that keeps every position, its mask limiting
+  attention to the window: mlx-lm's rotating cache cannot be trimmed once it has wrapped around;
+- a recurrent state (an ArraysCache: GatedDeltaNet's conv and recurrent state) is restored from
+  the state before the pass and the accepted prefix is run through the layer's recurrence again
+  (`replay`, which the family's adapter provides). A full accept needs neither.
 """
 
 from dataclasses import dataclass
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.base import create_attention_mask
-from mlx_lm.models.cache import KVCache, QuantizedKVCache, RotatingKVCache, make_prompt_cache
+from mlx_lm.models.base import create_attention_mask, create_ssm_mask
+from mlx_lm.models.cache import ArraysCache, KVCache, QuantizedKVCache, RotatingKVCache, make_prompt_cache
 
 from .errors import DFlashError
 
@@ -51,9 +59,15 @@ class DecoderAdapter:
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self.decoder = model.model  # embed_tokens, layers, norm
-        self.layers = model.layers
-        self.check_caches(self.make_cache())
+        # Vision-language checkpoints (qwen3_5) wrap the text model; only its text path is used.
+        self.text_model = getattr(model, "language_model", model)
+        self.args = self.text_model.args
+        self.decoder = self.text_model.model  # embed_tokens, layers, norm
+        self.layers = self.text_model.layers
+        family_caches = make_prompt_cache(model)
+        # The attention window of each layer, None for full attention.
+        self.windows = [c.max_size if isinstance(c, RotatingKVCache) else None for c in family_caches]
+        self.check_caches(family_caches)
 
     @property
     def num_layers(self) -> int:
@@ -61,7 +75,7 @@ class DecoderAdapter:
 
     @property
     def hidden_size(self) -> int:
-        return self.model.args.hidden_size
+        return self.args.hidden_size
 
     @property
     def vocab_size(self) -> int:
@@ -69,7 +83,7 @@ class DecoderAdapter:
 
     @property
     def context_window(self):
-        return getattr(self.model.args, "max_position_embeddings", None)
+        return getattr(self.args, "max_position_embeddings", None)
 
     @property
     def dtype(self) -> str:
@@ -88,50 +102,64 @@ class DecoderAdapter:
         return self.decoder.embed_tokens(tokens)
 
     def lm_head(self, hidden: mx.array) -> mx.array:
-        """Logits from final-normed hidden states, exactly as the model's own __call__ does."""
-        if self.model.args.tie_word_embeddings:
-            return self.decoder.embed_tokens.as_linear(hidden)
-        return self.model.lm_head(hidden)
+        """Logits from final-normed hidden states, exactly as the model's own __call__ does: its
+        LM head, or the tied embedding where it has none."""
+        if hasattr(self.text_model, "lm_head"):
+            return self.text_model.lm_head(hidden)
+        return self.decoder.embed_tokens.as_linear(hidden)
+
+    def mask(self, h: mx.array, cache, window) -> object:
+        """The mask the layer of `cache` needs for the pass over `h`."""
+        if isinstance(cache, ArraysCache):
+            return create_ssm_mask(h, cache)
+        return create_attention_mask(h, cache, window_size=window)
 
     def verify(self, tokens: mx.array, caches: list, layer_ids: Sequence[int]) -> Verification:
         """Run `tokens` [1, L] through the target, appending them to `caches`."""
         h = self.embed(tokens)
-        # Each cache makes the mask its layer needs: causal, limited to its window where it rotates.
-        masks = {}
-        wanted = {layer_id: None for layer_id in layer_ids}
-        for i, (layer, cache) in enumerate(zip(self.layers, caches)):
-            window = getattr(cache, "max_size", None)
-            if window not in masks:
-                masks[window] = create_attention_mask(h, cache)
-            h = layer(h, masks[window], cache)
+        masks, wanted, recurrent = {}, {layer_id: None for layer_id in layer_ids}, []
+        for i, (layer, cache, window) in enumerate(zip(self.layers, caches, self.windows)):
+            kind = (type(cache), window)
+            if kind not in masks:
+                masks[kind] = self.mask(h, cache, window)
+            if isinstance(cache, ArraysCache):
+                recurrent.append((layer, cache, list(cache.cache), h))  # arrays are immutable: no copy
+            h = layer(h, masks[kind], cache)
             if i in wanted:
                 wanted[i] = h
         taps = mx.concatenate([wanted[i] for i in layer_ids], axis=-1)
         length = tokens.shape[1]
-        return Verification(self.decoder.norm(h), taps, lambda n: self.rollback(caches, length - n))
+
+        def commit(n: int) -> None:
+            if n == length:
+                return
+            for cache in caches:
+                if not isinstance(cache, ArraysCache):
+                    cache.trim(length - n)
+            for layer, cache, before, inputs in recurrent:
+                cache.cache = before
+                self.replay(layer, inputs[:, :n], cache)
+
+        return Verification(self.decoder.norm(h), taps, commit)
+
+    def replay(self, layer: nn.Module, inputs: mx.array, cache: ArraysCache) -> None:
+        """Advance a recurrent layer's state over `inputs` (the layer's inputs at the accepted
+        positions): the families with recurrent layers say how."""
+        raise NotImplementedError
 
     def make_cache(self) -> list:
-        return make_prompt_cache(self.model)
+        """The family's caches, with a plain KV cache (trimmable at any length) for every sliding-window layer."""
+        return [KVCache() if window else cache for cache, window in zip(make_prompt_cache(self.model), self.windows)]
 
     def check_caches(self, caches: list) -> None:
+        recurrent_ok = type(self).replay is not DecoderAdapter.replay
         for cache in caches:
-            if not isinstance(cache, (KVCache, QuantizedKVCache, RotatingKVCache)):
+            if not (isinstance(cache, (KVCache, QuantizedKVCache, RotatingKVCache))
+                    or (recurrent_ok and isinstance(cache, ArraysCache))):  # fmt: skip
                 raise DFlashError(
                     f"{self.family} target uses a {type(cache).__name__}, which dflash-mlx cannot roll back "
-                    "after a rejected draft (only KV caches are supported)"
+                    "after a rejected draft"
                 )
-
-    def rollback(self, caches: list, n: int) -> None:
-        """Forget the last `n` positions of every layer's cache."""
-        if n == 0:
-            return
-        for cache in caches:
-            if not cache.is_trimmable():
-                raise DFlashError(
-                    f"cannot roll back a {type(cache).__name__} that has wrapped around its window of "
-                    f"{getattr(cache, 'max_size', '?')} tokens; use a shorter prompt plus max tokens"
-                )
-            cache.trim(n)
 
     def stop_tokens(self, tokenizer) -> set:
         stops = set(tokenizer.eos_token_ids)
@@ -139,10 +167,14 @@ class DecoderAdapter:
         stops.update(vocab[s] for s in self.stop_token_strings if s in vocab)
         return stops
 
-    def apply_chat_template(self, tokenizer, prompt: str) -> str:
+    def apply_chat_template(self, tokenizer, prompt, thinking: Optional[bool] = None) -> str:
+        """A conversation (a list of {"role", "content"} messages, or one user turn's text) rendered
+        for generation; `thinking` switches the template's thinking mode (None: the family's default,
+        the one its published drafters were trained with)."""
         if getattr(tokenizer, "chat_template", None) is None:
             raise DFlashError("the target's tokenizer has no chat template; run with --no-chat")
-        messages = [{"role": "user", "content": prompt}]
-        return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
-        )
+        options = dict(self.chat_template_kwargs)
+        if thinking is not None:
+            options["enable_thinking"] = thinking
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **options)

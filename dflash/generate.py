@@ -41,12 +41,20 @@ class GenerationResult:
     finish_reason: str
 
 
-def encode_prompt(adapter: DecoderAdapter, tokenizer, prompt: Union[str, List[int]], chat: bool = False) -> List[int]:
-    """Token ids of `prompt` for the target behind `adapter`, checked against its context window."""
-    if isinstance(prompt, str):
-        if not prompt.strip():
+def encode_prompt(
+    adapter: DecoderAdapter, tokenizer, prompt: Union[str, List[int], List[dict]], chat: bool = False,
+    thinking: Optional[bool] = None,
+) -> List[int]:
+    """Token ids of `prompt` (text, a conversation of {"role", "content"} messages, or token ids) for
+    the target behind `adapter`, checked against its context window. Text is put through the chat
+    template when `chat`, a conversation always; `thinking` switches the template's thinking mode
+    (None: the family's default)."""
+    conversation = isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], dict)
+    if isinstance(prompt, str) or conversation:
+        if isinstance(prompt, str) and not prompt.strip():
             raise DFlashError("the prompt is empty")
-        text = adapter.apply_chat_template(tokenizer, prompt) if chat else prompt
+        chat = chat or conversation
+        text = adapter.apply_chat_template(tokenizer, prompt, thinking) if chat else prompt
         # A chat template writes its own BOS; otherwise let the tokenizer add it.
         prompt = tokenizer.encode(text, add_special_tokens=not chat)
     if len(prompt) == 0:
@@ -88,12 +96,18 @@ def plain_generate_step(
     seed: Optional[int] = None,
 ) -> Generator[List[int], None, None]:
     """Plain decoding of the target with mlx-lm's `generate_step`, one token a step: greedy, or
-    sampled with mlx-lm's own sampler, which draws from mlx's global generator (seeded with `seed`)."""
+    sampled from the distribution mlx-lm's sampler draws from (`SamplingSettings.sampling_logits`)
+    with the request's own random stream, started from `seed`, so that interleaved requests do not
+    draw from each other's stream."""
     sampler = None
     if sampling is not None and not sampling.greedy:
-        sampler = sampling.mlx_sampler(adapter.vocab_size)
-        if seed is not None:
-            mx.random.seed(seed)
+        key = mx.random.key(seed if seed is not None else mx.random.randint(0, 2**31 - 1).item())
+
+        def sampler(logprobs: mx.array) -> mx.array:
+            nonlocal key
+            key, draw = mx.random.split(key)
+            return mx.random.categorical(sampling.sampling_logits(logprobs), key=draw)
+
     for token, _ in generate_step(prompt, adapter.model, max_tokens=max_tokens, sampler=sampler):
         yield [token]
 
@@ -137,11 +151,12 @@ def stream_generate(
     *,
     block_size: Optional[int] = None,
     chat: bool = False,
+    thinking: Optional[bool] = None,
     acceptance: Optional[Acceptance] = None,
     seed: Optional[int] = None,
 ) -> Generator[GenerationResponse, None, None]:
     """Yield a GenerationResponse for every verified step, with the text it committed."""
-    prompt_ids = encode_prompt(model.adapter, tokenizer, prompt, chat)
+    prompt_ids = encode_prompt(model.adapter, tokenizer, prompt, chat, thinking)
     stats = GenerationStats(prompt_tokens=len(prompt_ids))
     steps = speculative_generate_step(mx.array(prompt_ids), model, max_tokens=max_tokens, block_size=block_size,
                                       acceptance=acceptance, seed=seed, stats=stats)  # fmt: skip
@@ -155,13 +170,14 @@ def stream_plain(
     max_tokens: int = 256,
     *,
     chat: bool = False,
+    thinking: Optional[bool] = None,
     sampling: Optional[SamplingSettings] = None,
     seed: Optional[int] = None,
 ) -> Generator[GenerationResponse, None, None]:
     """Plain mlx-lm decoding of the model behind `adapter`, streamed like `stream_generate`: the
     baseline DFlash is measured against, and the router's fast route."""
     decode.check_max_tokens(max_tokens)
-    prompt_ids = encode_prompt(adapter, tokenizer, prompt, chat)
+    prompt_ids = encode_prompt(adapter, tokenizer, prompt, chat, thinking)
     stats = GenerationStats(prompt_tokens=len(prompt_ids))
     steps = plain_generate_step(mx.array(prompt_ids), adapter, max_tokens=max_tokens, sampling=sampling, seed=seed)
     yield from stream_steps(steps, tokenizer, adapter.stop_tokens(tokenizer), max_tokens, stats)

@@ -1,6 +1,8 @@
 """Where the shipped models live, the default prompt, and the published target/drafter pairs."""
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 DEFAULT_TARGET = CHECKPOINTS / "expert"
@@ -10,9 +12,31 @@ DEFAULT_ROUTER_PROBE = CHECKPOINTS / "router-probe.safetensors"
 # A held-out prompt (train/data/heldout_prompts.jsonl): the shipped pair never trained on it.
 DEFAULT_PROMPT = "Write the function `ismount` from the `ntpath` module."
 
-# Published pairs: (target, drafter) Hugging Face repo ids.
+
+
+@dataclass(frozen=True)
+class Preset:
+    target: str  # Hugging Face repo ids
+    draft: str
+    block_size: Optional[int] = None  # None: the drafter's own
+
+
+# The published DFlash drafters (z-lab's collection) and their targets. The chat defaults follow the
+# training: the Qwen3 drafters were trained with thinking off, the Qwen3.5/3.6 ones with it on (the
+# families' adapters default to that; `--thinking/--no-thinking` overrides).
 PRESETS = {
-    "qwen3-4b": ("Qwen/Qwen3-4B", "z-lab/Qwen3-4B-DFlash-b16"),
-    "qwen3-8b": ("Qwen/Qwen3-8B", "z-lab/Qwen3-8B-DFlash-b16"),
-    "llama3.1-8b": ("meta-llama/Llama-3.1-8B-Instruct", "z-lab/LLaMA3.1-8B-Instruct-DFlash-UltraChat"),
+    "llama3.1-8b": Preset("meta-llama/Llama-3.1-8B-Instruct", "z-lab/LLaMA3.1-8B-Instruct-DFlash-UltraChat", 10),
+    "qwen3-4b": Preset("Qwen/Qwen3-4B", "z-lab/Qwen3-4B-DFlash-b16", 16),
+    "qwen3-8b": Preset("Qwen/Qwen3-8B", "z-lab/Qwen3-8B-DFlash-b16", 16),
+    "qwen3-coder-30b-a3b": Preset("Qwen/Qwen3-Coder-30B-A3B-Instruct", "z-lab/Qwen3-Coder-30B-A3B-DFlash"),
+    "qwen3-coder-next": Preset("Qwen/Qwen3-Coder-Next", "z-lab/Qwen3-Coder-Next-DFlash"),
+    "qwen3.5-4b": Preset("Qwen/Qwen3.5-4B", "z-lab/Qwen3.5-4B-DFlash", 16),
+    "qwen3.5-9b": Preset("Qwen/Qwen3.5-9B", "z-lab/Qwen3.5-9B-DFlash", 16),
+    "qwen3.5-27b": Preset("Qwen/Qwen3.5-27B", "z-lab/Qwen3.5-27B-DFlash", 16),
+    "qwen3.5-35b-a3b": Preset("Qwen/Qwen3.5-35B-A3B", "z-lab/Qwen3.5-35B-A3B-DFlash", 16),
+    "qwen3.5-122b-a10b": Preset("Qwen/Qwen3.5-122B-A10B", "z-lab/Qwen3.5-122B-A10B-DFlash", 16),
+    "qwen3.6-27b": Preset("Qwen/Qwen3.6-27B", "z-lab/Qwen3.6-27B-DFlash", 16),
+    "qwen3.6-35b-a3b": Preset("Qwen/Qwen3.6-35B-A3B", "z-lab/Qwen3.6-35B-A3B-DFlash", 16),
+    "gpt-oss-20b": Preset("openai/gpt-oss-20b", "z-lab/gpt-oss-20b-DFlash"),
+    "gpt-oss-120b": Preset("openai/gpt-oss-120b", "z-lab/gpt-oss-120b-DFlash"),
 }

@@ -1,7 +1,7 @@
 """What the tests share: tiny random targets and drafters saved to disk and loaded through the
 real loaders, random prompts, an oracle proposer, and tiny regenerated training data.
 
-    uv run python -m tests.helpers OUT_DIR    # writes OUT_DIR/{target,draft}
+    uv run python -m tests.helpers OUT_DIR [FAMILY [CONFIG_JSON]]   # writes OUT_DIR/{target,draft}
 """
 
 import importlib
@@ -58,6 +58,26 @@ def write_tokenizer(directory: Path) -> None:
     (directory / "tokenizer_config.json").write_text(json.dumps(config))
 
 
+MOE = {"num_experts": 4, "num_experts_per_tok": 2, "decoder_sparse_step": 1, "mlp_only_layers": [],
+       "moe_intermediate_size": 64, "norm_topk_prob": True}  # fmt: skip
+GATED_DELTA = {"linear_num_value_heads": 4, "linear_num_key_heads": 2, "linear_key_head_dim": 16,
+               "linear_value_head_dim": 16, "linear_conv_kernel_dim": 4, "full_attention_interval": 3}  # fmt: skip
+# What each family needs beyond the Llama-style fields: MoE MLPs, GatedDeltaNet layers (every third
+# layer full attention), partial rotary embeddings, sliding windows of 8 positions.
+FAMILY_FIELDS = {
+    "llama": {},
+    "qwen3": {},
+    "qwen3_moe": MOE,
+    "qwen3_next": {**MOE, **GATED_DELTA, "shared_expert_intermediate_size": 64, "partial_rotary_factor": 0.5},
+    "qwen3_5": {**GATED_DELTA, "rope_parameters": {"type": "default", "rope_theta": 10000.0,
+                                                   "partial_rotary_factor": 0.25}},
+    "qwen3_5_moe": {**MOE, **GATED_DELTA, "shared_expert_intermediate_size": 64,
+                    "rope_parameters": {"type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}},
+    "gpt_oss": {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 8,
+                "layer_types": ["sliding_attention", "full_attention"] * 3},
+}  # fmt: skip
+
+
 def target_config(family: str = "llama", *, tied: bool = True, kv_heads: int = 2, layers: int = 6, **overrides) -> dict:
     config = {
         "model_type": family,
@@ -72,6 +92,7 @@ def target_config(family: str = "llama", *, tied: bool = True, kv_heads: int = 2
         "rope_theta": 10000.0,
         "max_position_embeddings": 1024,
         "tie_word_embeddings": tied,
+        **FAMILY_FIELDS[family],
     }
     config.update(overrides)
     return config
@@ -182,7 +203,7 @@ def weights(directory: Path) -> dict:
 
 if __name__ == "__main__":
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "tiny-pair")
-    config = target_config("llama")
+    config = target_config(sys.argv[2] if len(sys.argv) > 2 else "llama", **json.loads(sys.argv[3] if len(sys.argv) > 3 else "{}"))
     save_target(out / "target", config)
     save_random_draft(out / "draft", draft_config(config))
     print(f"wrote {out / 'target'} and {out / 'draft'}")

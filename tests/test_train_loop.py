@@ -98,3 +98,19 @@ def test_precomputed_hidden_states_train_the_same(llama, tmp_path):
         train(replace(config, out=str(tmp_path / "bad"), hidden_states=str(shards), target_layer_ids=[1, 2]))
     with pytest.raises(DFlashError, match=r"target layer ids \[1, 9\]; the target has layers 0\.\.5"):
         precompute(str(target), str(data_dir), str(tmp_path / "bad-hidden"), 2, [1, 9], config.max_length)
+
+
+def test_a_hybrid_target_regenerates_precomputes_and_trains(tmp_path):
+    """Qwen3.5-style target (GatedDeltaNet layers between attention layers): regeneration, hidden-state
+    shards and training run as for a dense target, and the drafter decodes losslessly."""
+    target, data_dir = make_tiny_data(tmp_path, "qwen3_5")
+    config = tiny_config(target, data_dir, tmp_path / "run")
+    shards = precompute(str(target), str(data_dir), str(tmp_path / "hidden"), 2, None, config.max_length, shard_size=8)
+    drafter = train(replace(config, hidden_states=str(shards)))
+    losses = [m["loss"] for m in metrics(tmp_path / "run")]
+    assert sum(losses[-3:]) / 3 < 0.5 * losses[0]
+
+    model, tokenizer = dflash.load(str(target), str(drafter))
+    prompt_ids = encode_prompt(model.adapter, tokenizer, "Speculative decoding drafts a block", chat=True)
+    result = dflash.generate(model, tokenizer, prompt_ids, max_tokens=30)
+    assert result.tokens == plain_generate(model.adapter, tokenizer, prompt_ids, 30).tokens

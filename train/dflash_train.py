@@ -91,7 +91,7 @@ def choose_mask_token(tokenizer, adapter, requested: Optional[int]) -> int:
 
 def make_draft_config(config: TrainConfig, adapter, tokenizer) -> DraftConfig:
     """Attention and MLP shapes follow the target, as in the published drafters."""
-    args = adapter.model.args
+    args = adapter.args
     optional = {
         name: getattr(args, name)
         for name in ("head_dim", "rms_norm_eps", "rope_theta", "rope_scaling", "max_position_embeddings")
