@@ -9,13 +9,14 @@ import sys
 from dataclasses import asdict
 
 from adapters.errors import DFlashError
-from adapters.loading import DTYPE_CHOICES
+from adapters.loading import DEQUANTIZE_CHOICES, DTYPE_CHOICES
 from adapters.routing import DEFAULT_THRESHOLD, FAST, ROUTERS
 
 from . import blas
 from .acceptance import ACCEPTANCE_RULES
 from .engine import ROUTE_CHOICES, Engine, Request
 from .generate import GenerationResponse, collect
+from .loading import DRAFT_BITS
 from .presets import DEFAULT_FAST, DEFAULT_PROMPT, DEFAULT_ROUTER_PROBE, PRESETS
 from .sampling import SamplingSettings
 
@@ -29,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--block-size", type=int, help="draft block size (default: the drafter's)")
     gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
                      help="apply the target's chat template (default: on)")
+    gen.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
+                     help="the chat template's thinking mode (default: the family's, as its drafters were trained: "
+                     "off for Qwen3, on for Qwen3.5/3.6)")
     gen.add_argument("--route", choices=ROUTE_CHOICES, default="expert",
                      help="expert: the target with its drafter (default); fast: the fast model alone; "
                      "auto: the router picks one per prompt")
@@ -61,6 +65,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--preset", choices=sorted(PRESETS), help="a published target/drafter pair (needs the hub)")
     models.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                         help="compute dtype; auto: float32 on the CPU backend (the BLAS path), the checkpoint's on Metal")
+    models.add_argument("--dequantize", default="auto", choices=DEQUANTIZE_CHOICES,
+                        help="a quantized target's weights; auto: dequantized on the CPU backend when they fit in "
+                        "memory (its quantized matmuls over a block are slow), kept quantized on Metal")
+    models.add_argument("--quantize-draft", type=int, choices=DRAFT_BITS, metavar="BITS",
+                        help=f"quantize the drafter to BITS bits ({', '.join(map(str, DRAFT_BITS))}) when loading it")
     routing = parser.add_argument_group("routing")
     routing.add_argument("--fast-model", default=str(DEFAULT_FAST),
                          help="mlx-lm model for the fast route, sharing the target's tokenizer "
@@ -80,7 +89,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 def engine_from(args) -> Engine:
     return Engine(args.target_model, args.draft_model, preset=args.preset, fast_model=args.fast_model,
                   router=args.router, router_probe=args.router_probe, route_threshold=args.route_threshold,
-                  dtype=args.dtype)  # fmt: skip
+                  dtype=args.dtype, dequantize=args.dequantize, draft_bits=args.quantize_draft)  # fmt: skip
 
 
 def run(args) -> dict:
@@ -89,7 +98,7 @@ def run(args) -> dict:
         raise DFlashError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     settings = SamplingSettings(args.temperature, args.top_p, args.top_k, args.min_p)
     request = Request(args.prompt, args.max_new_tokens, settings, args.acceptance, args.seed, args.block_size,
-                      args.chat, args.route)  # fmt: skip
+                      args.chat, args.thinking, args.route)  # fmt: skip
     engine = engine_from(args)
     decision = engine.route(request)
     baseline = args.baseline and decision.route != FAST
@@ -107,7 +116,7 @@ def run(args) -> dict:
     else:
         model, _ = engine.expert
         report.update(target_model=engine.target_path, draft_model=engine.draft_path, dtype=model.dtype,
-                      block_size=args.block_size or model.block_size)  # fmt: skip
+                      block_size=args.block_size or engine.pair.block_size or model.block_size)  # fmt: skip
     report.update(
         blas=blas.loaded or "reference",
         text=result.text,

@@ -25,7 +25,7 @@ from adapters.routing import (
 from .acceptance import make_acceptance
 from .generate import GenerationResponse, GenerationResult, plain_generate, stream_generate, stream_plain
 from .loading import DFlashModel, load
-from .presets import CHECKPOINTS, DEFAULT_DRAFT, DEFAULT_FAST, DEFAULT_ROUTER_PROBE, DEFAULT_TARGET, PRESETS
+from .presets import CHECKPOINTS, DEFAULT_DRAFT, DEFAULT_FAST, DEFAULT_ROUTER_PROBE, DEFAULT_TARGET, PRESETS, Preset
 from .sampling import SamplingSettings
 
 ROUTE_CHOICES = ("auto", FAST, EXPERT)
@@ -41,11 +41,12 @@ class Request:
     seed: Optional[int] = None
     block_size: Optional[int] = None  # default: the drafter's
     chat: bool = True
+    thinking: Optional[bool] = None  # the chat template's thinking switch; None: the family's default
     route: str = EXPERT  # expert, fast or auto
 
 
-def resolve_pair(target: Optional[str], draft: Optional[str], preset: Optional[str]) -> Tuple[str, str]:
-    """The (target, drafter) a user asked for: a preset, both paths, or neither for the shipped pair."""
+def resolve_pair(target: Optional[str], draft: Optional[str], preset: Optional[str]) -> Preset:
+    """The target and drafter a user asked for: a preset, both paths, or neither for the shipped pair."""
     if preset and (target or draft):
         raise DFlashError("give either --preset or --target-model/--draft-model, not both")
     if preset:
@@ -55,13 +56,13 @@ def resolve_pair(target: Optional[str], draft: Optional[str], preset: Optional[s
     if bool(target) != bool(draft):
         raise DFlashError("give both --target-model and --draft-model (or neither, for the shipped offline pair)")
     if target:
-        return target, draft
+        return Preset(target, draft)
     if not (DEFAULT_TARGET.is_dir() and DEFAULT_DRAFT.is_dir()):
         raise DFlashError(
             f"the offline default pair is not in {CHECKPOINTS} (it is built by train/, see the README); "
             "pass --target-model and --draft-model, or --preset"
         )
-    return str(DEFAULT_TARGET), str(DEFAULT_DRAFT)
+    return Preset(str(DEFAULT_TARGET), str(DEFAULT_DRAFT))
 
 
 class Engine:
@@ -76,11 +77,15 @@ class Engine:
         router_probe: str = str(DEFAULT_ROUTER_PROBE),
         route_threshold: float = DEFAULT_THRESHOLD,
         dtype: Optional[str] = "auto",
+        dequantize: str = "auto",
+        draft_bits: Optional[int] = None,
     ):
         check_threshold(route_threshold)
-        self.target_path, self.draft_path = resolve_pair(target, draft, preset)
+        self.pair = resolve_pair(target, draft, preset)
+        self.target_path, self.draft_path = self.pair.target, self.pair.draft
         self.fast_path, self.router_kind, self.router_probe = fast_model, router, router_probe
         self.route_threshold, self.dtype = route_threshold, dtype
+        self.dequantize, self.draft_bits = dequantize, draft_bits
         self._expert: Optional[Tuple[DFlashModel, object]] = None
         self._fast: Optional[FastModel] = None
         self._router: Optional[Router] = None
@@ -89,7 +94,8 @@ class Engine:
     def expert(self) -> Tuple[DFlashModel, object]:
         """(model, tokenizer) of the target with its drafter."""
         if self._expert is None:
-            self._expert = load(self.target_path, self.draft_path, dtype=self.dtype)
+            self._expert = load(self.target_path, self.draft_path, dtype=self.dtype, dequantize=self.dequantize,
+                                draft_bits=self.draft_bits)  # fmt: skip
         return self._expert
 
     @property
@@ -123,17 +129,19 @@ class Engine:
         if route == FAST:
             fast = self.fast
             return stream_plain(fast.adapter, fast.tokenizer, request.prompt, request.max_tokens, chat=request.chat,
-                                sampling=request.sampling, seed=request.seed)  # fmt: skip
+                                thinking=request.thinking, sampling=request.sampling, seed=request.seed)  # fmt: skip
         model, tokenizer = self.expert
         return stream_generate(
-            model, tokenizer, request.prompt, request.max_tokens, block_size=request.block_size, chat=request.chat,
-            acceptance=make_acceptance(request.sampling, request.acceptance), seed=request.seed,
+            model, tokenizer, request.prompt, request.max_tokens, block_size=request.block_size or self.pair.block_size,
+            chat=request.chat, thinking=request.thinking, acceptance=make_acceptance(request.sampling, request.acceptance),
+            seed=request.seed,
         )  # fmt: skip
 
     def baseline(self, request: Request) -> GenerationResult:
         """Plain mlx-lm decoding of the expert's target with the request's settings."""
         model, tokenizer = self.expert
         return plain_generate(model.adapter, tokenizer, request.prompt, request.max_tokens, chat=request.chat,
+                              thinking=request.thinking,
                               sampling=request.sampling, seed=request.seed)  # fmt: skip
 
     def warm_up(self, request: Request) -> None:

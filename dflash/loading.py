@@ -1,4 +1,4 @@
-"""Loading drafters (local directories or Hugging Face repo ids) and binding them to their
+"""Loading drafters (local directories or Hugging Face repo ids), quantizing them and binding them to their
 target, saving drafters, and checking that a drafter fits its target."""
 
 import glob
@@ -17,6 +17,10 @@ from adapters.loading import DTYPES, load_target, resolve_path
 
 from .files import atomic_directory, write_model
 from .model import DFlashDraftModel, DraftConfig
+
+DRAFT_BITS = (4, 6, 8)  # what a drafter can be quantized to
+DRAFT_GROUP_SIZE = 32  # divides the widths of published drafters and the shipped one (736)
+
 
 @dataclass
 class DFlashModel:
@@ -96,16 +100,39 @@ def check_pair(adapter: DecoderAdapter, config: DraftConfig) -> None:
         raise DFlashError(f"drafter block_size {config.block_size} is below 2")
 
 
-def load(target: str, draft: str, dtype: Optional[str] = "auto") -> Tuple[DFlashModel, object]:
+def quantize_draft(draft: DFlashDraftModel, bits: int) -> None:
+    """Quantize the drafter's linear layers in place (affine, groups of DRAFT_GROUP_SIZE)."""
+    if bits not in DRAFT_BITS:
+        raise DFlashError(f"a drafter can be quantized to {', '.join(map(str, DRAFT_BITS))} bits, not {bits}")
+
+    def quantizable(_, module) -> bool:
+        return isinstance(module, nn.Linear) and module.weight.shape[-1] % DRAFT_GROUP_SIZE == 0
+
+    nn.quantize(draft, group_size=DRAFT_GROUP_SIZE, bits=bits, class_predicate=quantizable)
+    mx.eval(draft.parameters())
+
+
+def load(
+    target: str,
+    draft: str,
+    dtype: Optional[str] = "auto",
+    dequantize: str = "auto",
+    draft_bits: Optional[int] = None,
+) -> Tuple[DFlashModel, object]:
     """Load a target (mlx-lm checkpoint) and its DFlash drafter. Returns (model, tokenizer).
 
     dtype: "auto" (float32 on the CPU backend, the checkpoint's dtype elsewhere), None to keep
     the checkpoint's, or one of float32 / bfloat16 / float16.
+    dequantize: for a quantized target, "auto" (dequantized on the CPU backend when it fits in
+    memory), "on" or "off" (see `adapters.loading.dequantize_if_asked`).
+    draft_bits: quantize the drafter to 4, 6 or 8 bits after loading it (None: keep it as is).
     """
-    target_model, tokenizer = load_target(target, dtype)
+    target_model, tokenizer = load_target(target, dtype, dequantize=dequantize)
     adapter = adapter_for(target_model)
     draft_model = load_draft(draft)
     check_pair(adapter, draft_model.config)
     # The drafter computes in the dtype of the target's hidden states.
     draft_model.set_dtype(DTYPES[adapter.dtype])
+    if draft_bits is not None:
+        quantize_draft(draft_model, draft_bits)
     return DFlashModel(target_model, adapter, draft_model), tokenizer

@@ -124,6 +124,11 @@ def setup_section(report: dict) -> str:
     ]
     if config.get("mlx_draft"):
         run.append(f"mlx-lm {config['num_draft_tokens']} draft tokens per step")
+    if config.get("target_runs_quantized") is not None:
+        run.append(f"target {'quantized' if config['target_runs_quantized'] else 'unquantized'} as loaded "
+                   f"(--dequantize {config['dequantize']})")  # fmt: skip
+    if config.get("quantize_draft"):
+        run.append(f"drafter quantized to {config['quantize_draft']} bits")
     commit = (environment["git_commit"] or "unknown")[:12]
     if environment["git_dirty"]:
         commit += " (uncommitted changes)"
