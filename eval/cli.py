@@ -15,7 +15,8 @@ import mlx.core as mx
 
 import dflash
 from adapters.errors import DFlashError
-from adapters.loading import DTYPE_CHOICES, load_target
+from adapters.loading import DEQUANTIZE_CHOICES, DTYPE_CHOICES, load_target, quantized_layers
+from dflash.loading import DRAFT_BITS
 from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
 from .bench import METHOD_NAMES, analyse, run_benchmark
@@ -23,6 +24,7 @@ from .environment import environment
 from .exactness import TIE_GAP
 from .report import build_report, number, write_report
 from .router import add_router
+from .serve_load import add_serve_load
 from .suites import HUB_SUITES, load_suites, suite_hash
 
 
@@ -79,6 +81,15 @@ def add_bench(subcommands) -> None:
         "--dtype", default="auto", choices=DTYPE_CHOICES, help="(auto: float32 on CPU)"
     )
     parser.add_argument(
+        "--dequantize", default="auto", choices=DEQUANTIZE_CHOICES,
+        help="a quantized target (and --mlx-draft-model): auto dequantizes on the CPU backend when it fits in memory; "
+        "every method decodes the same loaded target",
+    )
+    parser.add_argument(
+        "--quantize-draft", type=int, choices=DRAFT_BITS, metavar="BITS",
+        help="quantize the DFlash drafter to BITS bits when loading it",
+    )
+    parser.add_argument(
         "--tie-gap",
         type=float,
         help="largest top-1/top-2 logit gap counted as a near-tie at a divergence "
@@ -88,11 +99,12 @@ def add_bench(subcommands) -> None:
     parser.set_defaults(run=bench)
 
 
-SUBCOMMANDS = [add_bench, add_router]
+SUBCOMMANDS = [add_bench, add_router, add_serve_load]
 
 
-def load_mlx_draft(path: str, tokenizer, dtype: str):
-    draft_model, draft_tokenizer = load_target(path, dtype, what="--mlx-draft-model")  # computes as the target does
+def load_mlx_draft(path: str, tokenizer, dtype: str, dequantize: str):
+    # In the target's dtype, dequantized as the target is: it computes as the target does.
+    draft_model, draft_tokenizer = load_target(path, dtype, what="--mlx-draft-model", dequantize=dequantize)
     if draft_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise DFlashError(f"mlx draft model '{path}' does not share the target's tokenizer")
     return draft_model
@@ -108,8 +120,11 @@ def bench(args, argv: List[str]) -> None:
                 f"the shipped pair is not in {Path(path).parent} yet; pass --target-model and --draft-model"
             )
     mx.random.seed(args.seed)
-    model, tokenizer = dflash.load(args.target_model, args.draft_model, dtype=args.dtype)
-    mlx_draft_model = load_mlx_draft(args.mlx_draft_model, tokenizer, model.dtype) if args.mlx_draft_model else None
+    model, tokenizer = dflash.load(args.target_model, args.draft_model, dtype=args.dtype, dequantize=args.dequantize,
+                                   draft_bits=args.quantize_draft)  # fmt: skip
+    mlx_draft_model = None
+    if args.mlx_draft_model:
+        mlx_draft_model = load_mlx_draft(args.mlx_draft_model, tokenizer, model.dtype, args.dequantize)
     tie_gap = args.tie_gap if args.tie_gap is not None else TIE_GAP[model.dtype]
     checkpoints = {"target": args.target_model, "draft": args.draft_model, "mlx_draft": args.mlx_draft_model}
     env = environment(checkpoints, model.dtype, suite_hash(prompts), args.seed)
@@ -140,6 +155,9 @@ def bench(args, argv: List[str]) -> None:
         "num_draft_tokens": args.num_draft_tokens,
         "chat": args.chat,
         "tie_gap": tie_gap,
+        "dequantize": args.dequantize,
+        "target_runs_quantized": bool(quantized_layers(model.target)),
+        "quantize_draft": args.quantize_draft,
     }
     report = build_report(config, env, analyse(model, tokenizer, prompts, benchmark, tie_gap))
     write_report(report, args.out, args.history)
