@@ -112,34 +112,47 @@ def plain_generate_step(
         yield [token]
 
 
+class Responder:
+    """Turns one request's committed tokens, step by step, into GenerationResponses: cut at the first
+    stop token, detokenised, finished at a stop token or after `max_tokens`, with `stats` kept up to
+    date. The prompt time runs from its creation to the first step, the generation time from there."""
+
+    def __init__(self, tokenizer, stop_tokens: set, max_tokens: int, stats: GenerationStats):
+        self.detokenizer = tokenizer.detokenizer
+        self.stop_tokens, self.max_tokens, self.stats = stop_tokens, max_tokens, stats
+        self.tic, self.started = time.perf_counter(), False
+
+    def __call__(self, committed: List[int]) -> GenerationResponse:
+        stats = self.stats
+        if not self.started:  # the prompt is processed
+            stats.prompt_time = time.perf_counter() - self.tic
+            self.tic, self.started = time.perf_counter(), True
+        finish_reason = None
+        stops = [i for i, token in enumerate(committed) if token in self.stop_tokens]
+        if stops:
+            committed, finish_reason = committed[: stops[0]], "stop"
+        for token in committed:
+            self.detokenizer.add_token(token)
+        stats.generated_tokens += len(committed)
+        if finish_reason is None and stats.generated_tokens >= self.max_tokens:
+            finish_reason = "length"
+        if finish_reason is not None:
+            self.detokenizer.finalize()
+        stats.generation_time = time.perf_counter() - self.tic
+        stats.peak_memory_gb = mx.get_peak_memory() / 1e9
+        return GenerationResponse(self.detokenizer.last_segment, committed, stats, finish_reason)
+
+
 def stream_steps(
     steps: Iterator[List[int]], tokenizer, stop_tokens: set, max_tokens: int, stats: GenerationStats
 ) -> Generator[GenerationResponse, None, None]:
-    """Cut the steps' tokens at the first stop token, detokenise them and keep `stats` up to date;
-    stop at a stop token or after `max_tokens`. Generation time starts at the first token."""
-    detokenizer = tokenizer.detokenizer
-    detokenizer.reset()
+    """A response for each step's committed tokens (see `Responder`), until the request finishes."""
     mx.reset_peak_memory()
-    tic = time.perf_counter()
-    for i, committed in enumerate(steps):
-        if i == 0:  # the prompt is processed
-            stats.prompt_time = time.perf_counter() - tic
-            tic = time.perf_counter()
-        finish_reason = None
-        if any(token in stop_tokens for token in committed):
-            committed = committed[: next(i for i, token in enumerate(committed) if token in stop_tokens)]
-            finish_reason = "stop"
-        for token in committed:
-            detokenizer.add_token(token)
-        stats.generated_tokens += len(committed)
-        if finish_reason is None and stats.generated_tokens >= max_tokens:
-            finish_reason = "length"
-        if finish_reason is not None:
-            detokenizer.finalize()
-        stats.generation_time = time.perf_counter() - tic
-        stats.peak_memory_gb = mx.get_peak_memory() / 1e9
-        yield GenerationResponse(detokenizer.last_segment, committed, stats, finish_reason)
-        if finish_reason is not None:
+    respond = Responder(tokenizer, stop_tokens, max_tokens, stats)
+    for committed in steps:
+        response = respond(committed)
+        yield response
+        if response.finish_reason is not None:
             break
 
 

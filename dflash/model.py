@@ -124,15 +124,18 @@ class DraftAttention(nn.Module):
         return x.transpose(1, 0, 2, 3).reshape(1, H, N * L, D)
 
     def __call__(self, x, context, cache=None, block_offset=None, mask=None):
-        """x: blocks [N, Lb, D]; context: context features [1, Lc, D] (Lc may be 0).
+        """x: blocks [N, Lb, D]; context: context features [1, Lc, D] (Lc may be 0), or [N, Lc, D].
 
-        Decoding (N = 1): `cache` holds the earlier context, `context` continues it and the
-        block follows the context. Training: no cache, `context` starts at position 0, block n
-        starts at `block_offset[n]` ([N] array), and the blocks are laid side by side after
-        the context so that their keys and values are computed once; `mask`
-        ([N * Lb, Lc + N * Lb]) says what each block position may see.
+        Decoding: one block per sequence, each with its own context ([N, Lc, D]); `cache` holds the
+        earlier context, `context` continues it and the block follows the context. A batch of
+        sequences (dflash/batch.py) passes its per-row `block_offset` ([N]) and `mask` ([N, 1, 1,
+        Lcache + Lb], which context positions each row sees). Training: no cache, one `context`
+        from position 0 that N blocks share, block n starting at `block_offset[n]`; the blocks are
+        laid side by side after the context so that its keys and values are computed once, and
+        `mask` ([N * Lb, Lc + N * Lb]) says what each block position may see.
         """
         n_blocks, block_len, _ = x.shape
+        lay_out = self._side_by_side if context.shape[0] != n_blocks else (lambda blocks: blocks)
         context_start = cache.offset if cache is not None else 0
         if block_offset is None:
             block_offset = context_start + context.shape[1]
@@ -144,13 +147,13 @@ class DraftAttention(nn.Module):
         v_ctx = self._heads(self.v_proj(context), self.n_kv_heads)
         if cache is not None:
             k_ctx, v_ctx = cache.update_and_fetch(k_ctx, v_ctx)
-        keys = mx.concatenate([k_ctx, self._side_by_side(k_block)], axis=2)
-        values = mx.concatenate([v_ctx, self._side_by_side(v_block)], axis=2)
+        keys = mx.concatenate([k_ctx, lay_out(k_block)], axis=2)
+        values = mx.concatenate([v_ctx, lay_out(v_block)], axis=2)
 
         if mask is None and self.sliding_window is not None and keys.shape[2] > self.sliding_window:
             mask = self._window_mask(block_offset, block_len, k_ctx.shape[2])
         out = scaled_dot_product_attention(
-            self._side_by_side(q), keys, values, cache=None, scale=self.scale, mask=mask
+            lay_out(q), keys, values, cache=None, scale=self.scale, mask=mask
         )
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(n_blocks, block_len, -1))
 

@@ -19,6 +19,7 @@ from adapters.loading import DEQUANTIZE_CHOICES, DTYPE_CHOICES, load_target, qua
 from dflash.loading import DRAFT_BITS
 from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
+from .batch import add_batch
 from .bench import METHOD_NAMES, analyse, run_benchmark
 from .environment import environment
 from .exactness import TIE_GAP
@@ -99,7 +100,7 @@ def add_bench(subcommands) -> None:
     parser.set_defaults(run=bench)
 
 
-SUBCOMMANDS = [add_bench, add_router, add_serve_load]
+SUBCOMMANDS = [add_bench, add_router, add_serve_load, add_batch]
 
 
 def load_mlx_draft(path: str, tokenizer, dtype: str, dequantize: str):

@@ -1,0 +1,204 @@
+"""Batched speculative decoding: one drafter pass drafts a block for every active sequence, one
+target pass verifies all the blocks, and each sequence accepts its own prefix.
+
+Layout. The target's and the drafter's caches are mlx-lm `BatchKVCache`s, left-padded: row i's
+positions end at the same index for every row and its left padding is masked out. After a verify
+pass row i keeps n_i of the block's positions. All rows drop the fewest rejected positions by
+trimming; a row's other rejected positions are rolled to its front, where they become padding
+(`commit_rows` in adapters/base.py). The drafter's cache grows by a ragged n_i context features per
+row the same way: the features go in right-padded and the padding is rolled to the front after the
+pass. Rolling costs a copy of the cache per step, but keeps every row's positions contiguous, so
+attention, RoPE and masks are mlx-lm's own batched ones. Padding accumulates at the rows' fronts:
+when it outweighs the positions, the caches are repacked.
+
+Each sequence keeps its own `DecodeState` (random key, statistics, committed tokens) and its own
+`Responder` (stop tokens, detokenising), so its output is what it gets alone: token for token when
+greedy, in distribution when sampling. Sequences join after a prefill of their own and leave when
+they finish, between steps (`BatchDecoder.insert` / `BatchDecoder.step`).
+"""
+
+import time
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import mlx.core as mx
+from mlx_lm.generate import generation_stream
+from mlx_lm.models.cache import BatchKVCache, KVCache
+
+from adapters.errors import DFlashError
+
+from . import decode
+from .acceptance import Acceptance, GreedyAcceptance
+from .generate import GenerationResponse, GenerationResult, Responder, collect, encode_prompt
+from .loading import DFlashModel
+from .stats import GenerationStats
+
+REPACK_PADDING = 64  # repack the caches when the padding per row exceeds this many positions
+
+
+@dataclass
+class Row:
+    uid: int
+    state: decode.DecodeState
+    respond: Responder
+    context: mx.array  # [1, n, n_taps * D] tapped target states the drafter has not seen
+
+
+def as_batch(caches: List[list]) -> list:
+    """Per-layer BatchKVCaches holding the given rows' single-sequence KV caches."""
+    return [BatchKVCache.merge(layer) for layer in zip(*caches)]
+
+
+def repack(caches: list) -> list:
+    """The same rows with no more left padding than the longest row needs."""
+    return [BatchKVCache.merge([cache.extract(i) for i in range(cache.offset.size)]) for cache in caches]
+
+
+class BatchDecoder:
+    """Speculative decoding of many sequences at once with one model and one acceptance rule."""
+
+    def __init__(self, model: DFlashModel, tokenizer, *, block_size: Optional[int] = None,
+                 acceptance: Optional[Acceptance] = None):  # fmt: skip
+        if any(kind == "sliding_attention" for kind in model.draft.config.layer_types):
+            raise DFlashError("batched decoding does not support drafters with sliding-window layers yet")
+        if any(not isinstance(cache, KVCache) for cache in model.adapter.make_cache()):
+            raise DFlashError(f"batched decoding does not support {model.adapter.family} targets yet (recurrent "
+                              "layers, or quantized caches): generate one sequence at a time")
+        if block_size is not None and not 2 <= block_size <= model.block_size:
+            raise DFlashError(f"block size must be between 2 and the drafter's {model.block_size}, got {block_size}")
+        self.model, self.tokenizer = model, tokenizer
+        self.block_size = block_size or model.block_size
+        self.acceptance = acceptance or GreedyAcceptance()
+        self.stop_tokens = model.adapter.stop_tokens(tokenizer)
+        self.rows: List[Row] = []
+        self.target_cache: Optional[list] = None
+        self.draft_cache: Optional[list] = None
+        self.next_uid = 0
+
+    def insert(self, prompt_ids: List[int], max_tokens: int, seed: Optional[int] = None) -> int:
+        """Prefill a sequence alone and add it to the batch; returns its uid. Its first response
+        (the token after the prompt) comes with the next `step`."""
+        model = self.model
+        stats = GenerationStats(prompt_tokens=len(prompt_ids))
+        respond = Responder(self.tokenizer, self.stop_tokens, max_tokens, stats)
+        state = decode.start(model, max_tokens=max_tokens, block_size=self.block_size, seed=seed, stats=stats)
+        decode.prefill(model, state, mx.array(prompt_ids), self.acceptance)
+        target_row, draft_row = as_batch([state.target_cache]), [BatchKVCache([0]) for _ in model.draft.layers]
+        if self.rows:
+            for batch, row in zip(self.target_cache + self.draft_cache, target_row + draft_row):
+                batch.extend(row)
+        else:
+            self.target_cache, self.draft_cache = target_row, draft_row
+        state.target_cache = state.draft_cache = None  # the batch holds them now
+        uid, self.next_uid = self.next_uid, self.next_uid + 1
+        self.rows.append(Row(uid, state, respond, state.context))
+        return uid
+
+    def step(self) -> List[Tuple[int, GenerationResponse]]:
+        """Responses of one step: a row inserted since the last step first answers the token after
+        its prompt; then every row drafts and verifies one block. The rows that finish leave."""
+        responses = [(row.uid, row.respond(list(row.state.tokens))) for row in self.rows if not row.respond.started]
+        self.remove({uid for uid, response in responses if response.finish_reason is not None})
+        if self.rows:
+            committed = self.speculate()
+            responses += [(row.uid, row.respond(tokens)) for row, tokens in zip(self.rows, committed)]
+            self.remove({uid for uid, response in responses if response.finish_reason is not None})
+        return responses
+
+    def speculate(self) -> List[List[int]]:
+        """Draft and verify one block per row, commit each row's accepted tokens; returns them."""
+        model, rows = self.model, self.rows
+        adapter, draft, config = model.adapter, model.draft, model.draft.config
+        remaining = [row.state.max_tokens - len(row.state.tokens) for row in rows]
+        # A block of b positions commits at most b tokens: draft no further than the longest need.
+        b = max(2, min(self.block_size, max(remaining)))
+        lasts = [row.state.tokens[-1] for row in rows]
+
+        with mx.stream(generation_stream):
+            tic = time.perf_counter()
+            # Each row's unseen context features, right-padded to the longest; the drafter's cache
+            # takes them all, then the padding is rolled to the rows' fronts.
+            lengths = [row.context.shape[1] for row in rows]
+            width = max(lengths)
+            context = mx.concatenate([mx.pad(row.context, [(0, 0), (0, width - n), (0, 0)])
+                                      for row, n in zip(rows, lengths)])  # fmt: skip
+            cache = self.draft_cache[0]
+            end = (cache.offset + cache.left_padding)[0].item()  # where every row's positions end
+            position = mx.arange(end + width)[None]
+            sees = (position >= cache.left_padding[:, None]) & (position < end + mx.array(lengths)[:, None])
+            mask = mx.concatenate([sees, mx.ones((len(rows), b), dtype=mx.bool_)], axis=1)[:, None, None, :]
+            block_offset = cache.offset + mx.array(lengths)
+            for layer_cache in self.draft_cache:
+                layer_cache.prepare(right_padding=[width - n for n in lengths])
+            block = adapter.embed(mx.array([[last] + [config.mask_token_id] * (b - 1) for last in lasts]))
+            draft_logits = adapter.lm_head(draft(block, context, self.draft_cache, block_offset, mask)[:, 1:])
+            for layer_cache in self.draft_cache:
+                layer_cache.finalize()
+            proposals = mx.stack([self.acceptance.propose(draft_logits[i], row.state) for i, row in enumerate(rows)])
+            mx.eval(proposals)
+            draft_time = time.perf_counter() - tic
+
+            tic = time.perf_counter()
+            tokens = mx.concatenate([mx.array(lasts)[:, None], proposals], axis=1)
+            verified = adapter.verify(tokens, self.target_cache, config.target_layer_ids)
+            target_logits = adapter.lm_head(verified.hidden)
+            committed = []
+            for i, row in enumerate(rows):
+                accepted = self.acceptance.accept(proposals[i], draft_logits[i], target_logits[i], row.state)
+                row.state.stats.acceptance_lengths.append(len(accepted))
+                committed.append(accepted[: remaining[i]])  # a block may commit more than is left
+            # Each row keeps the positions of [last, its accepted proposals].
+            verified.commit([len(accepted) for accepted in committed])
+            for i, (row, accepted) in enumerate(zip(rows, committed)):
+                row.context = verified.taps[i : i + 1, : len(accepted)]
+                row.state.tokens.extend(accepted)
+            verify_time = time.perf_counter() - tic
+        for row in rows:  # every row waited for the whole passes
+            row.state.stats.draft_time += draft_time
+            row.state.stats.verify_time += verify_time
+        return committed
+
+    def remove(self, uids: set) -> None:
+        """Drop the rows `uids` from the batch and its caches; repack the caches when padding dominates."""
+        if not uids:
+            return
+        kept = [i for i, row in enumerate(self.rows) if row.uid not in uids]
+        self.rows = [self.rows[i] for i in kept]
+        if not kept:
+            self.target_cache = self.draft_cache = None
+            return
+        for cache in self.target_cache + self.draft_cache:
+            cache.filter(mx.array(kept))
+        if self.target_cache[0].left_padding.max().item() > REPACK_PADDING:
+            self.target_cache, self.draft_cache = repack(self.target_cache), repack(self.draft_cache)
+
+
+def batch_generate(
+    model: DFlashModel,
+    tokenizer,
+    prompts: Sequence,
+    max_tokens: int = 256,
+    *,
+    block_size: Optional[int] = None,
+    chat: bool = False,
+    thinking: Optional[bool] = None,
+    acceptance: Optional[Acceptance] = None,
+    seeds: Optional[Sequence[Optional[int]]] = None,
+) -> List[GenerationResult]:
+    """Generate a response to every prompt (text, conversation or token ids) in one batch: one
+    result per prompt, in order, each what `dflash.generate` gives that prompt alone."""
+    decode.check_max_tokens(max_tokens)
+    if not prompts:
+        raise DFlashError("no prompts to generate from")
+    seeds = list(seeds) if seeds is not None else [None] * len(prompts)
+    if len(seeds) != len(prompts):
+        raise DFlashError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+    decoder = BatchDecoder(model, tokenizer, block_size=block_size, acceptance=acceptance)
+    prompt_ids = [encode_prompt(model.adapter, tokenizer, prompt, chat, thinking) for prompt in prompts]
+    mx.reset_peak_memory()
+    uids = [decoder.insert(ids, max_tokens, seed) for ids, seed in zip(prompt_ids, seeds)]
+    responses = {uid: [] for uid in uids}
+    while decoder.rows:
+        for uid, response in decoder.step():
+            responses[uid].append(response)
+    return [collect(responses[uid]) for uid in uids]

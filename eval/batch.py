@@ -1,0 +1,149 @@
+"""`dflash-eval batch`: aggregate throughput of batched DFlash against the same prompts generated
+one after another with DFlash, and against mlx-lm's plain batched decoding of the target.
+
+    dflash-eval batch --suite train/data/heldout_prompts.jsonl --batch-sizes 1,2,4,8,16,32 --out benchmarks/batch
+
+For every batch size B, the first B prompts of the suites (cycled when B is larger) are generated
+greedily by the three methods, interleaved over the repeats. A method's aggregate tokens/s is all
+its generated tokens over the wall time of the whole batch, prompt processing included. Every
+batched DFlash sequence is checked against its one-after-another DFlash output. Writes
+report.json, report.md and throughput.png.
+"""
+
+import argparse
+import json
+import shlex
+import statistics
+import time
+from pathlib import Path
+from typing import List
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from mlx_lm.generate import batch_generate as mlx_batch_generate
+
+import dflash
+from adapters.errors import DFlashError
+from adapters.loading import DTYPE_CHOICES
+from dflash.batch import batch_generate
+from dflash.generate import encode_prompt
+from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
+
+from .environment import environment
+from .suites import load_suites, suite_hash
+
+METHODS = {
+    "sequential": "DFlash, one after another",
+    "batched": "DFlash batch_generate",
+    "plain_batched": "plain mlx-lm batch_generate",
+}
+
+
+def positive_ints(text: str) -> List[int]:
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be at least 1, got '{text}'")
+    return values
+
+
+def add_batch(subcommands) -> None:
+    parser = subcommands.add_parser("batch", help="throughput of batched DFlash by batch size",
+                                    description=__doc__.strip().splitlines()[0])  # fmt: skip
+    parser.add_argument("--target-model", default=str(DEFAULT_TARGET))
+    parser.add_argument("--draft-model", default=str(DEFAULT_DRAFT))
+    parser.add_argument("--suite", action="append", help="prompt suites, as for bench (default: offline)")
+    parser.add_argument("--batch-sizes", type=positive_ints, default=[1, 2, 4, 8, 16, 32])
+    parser.add_argument("--max-tokens", type=int, default=128, help="new tokens per prompt")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
+    parser.add_argument("--out", type=Path, default=Path("runs/batch"))
+    parser.set_defaults(run=run_batch)
+
+
+def timed(generate):
+    tic = time.perf_counter()
+    token_lists = generate()
+    return token_lists, sum(map(len, token_lists)) / (time.perf_counter() - tic)
+
+
+def run_batch(args, argv: List[str]) -> None:
+    max_tokens, repeats = args.max_tokens, args.repeats
+    if min(max_tokens, repeats) < 1:
+        raise DFlashError(f"--max-tokens and --repeats must be at least 1, got {max_tokens} and {repeats}")
+    prompts = load_suites(args.suite or ["offline"], None)
+    model, tokenizer = dflash.load(args.target_model, args.draft_model, dtype=args.dtype)
+    prompt_ids = [encode_prompt(model.adapter, tokenizer, p.prompt, chat=True) for p in prompts]
+
+    methods = {
+        "sequential": lambda ids: [dflash.generate(model, tokenizer, p, max_tokens).tokens for p in ids],
+        "batched": lambda ids: [r.tokens for r in batch_generate(model, tokenizer, ids, max_tokens)],
+        "plain_batched": lambda ids: mlx_batch_generate(model.target, tokenizer, ids, max_tokens=max_tokens,
+                                                        return_token_ids=True).token_ids,  # fmt: skip
+    }
+    for generate in methods.values():  # warm up
+        generate(prompt_ids[:2])
+    rows = []
+    for size in args.batch_sizes:
+        ids = [prompt_ids[i % len(prompt_ids)] for i in range(size)]
+        speeds, exact = {name: [] for name in methods}, True
+        for repeat in range(repeats):
+            outputs = {}
+            for name in list(methods)[repeat % 3 :] + list(methods)[: repeat % 3]:
+                outputs[name], tokens_per_second = timed(lambda: methods[name](ids))
+                speeds[name].append(tokens_per_second)
+            exact = exact and outputs["batched"] == outputs["sequential"]
+        row = {"batch_size": size, "exact": exact}
+        for name, values in speeds.items():
+            row[name] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+        row["batched_over_sequential"] = row["batched"]["median"] / row["sequential"]["median"]
+        row["batched_over_plain_batched"] = row["batched"]["median"] / row["plain_batched"]["median"]
+        rows.append(row)
+        print(f"batch {size}: " + ", ".join(f"{name} {row[name]['median']:.1f} tok/s" for name in methods)
+              + f", exact {exact}", flush=True)  # fmt: skip
+
+    report = {
+        "config": {"command": shlex.join(["dflash-eval"] + argv), "target": args.target_model,
+                   "draft": args.draft_model, "max_tokens": max_tokens, "repeats": repeats},
+        "environment": environment({"target": args.target_model, "draft": args.draft_model}, model.dtype,
+                                   suite_hash(prompts), 0),
+        "rows": rows,
+    }  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "report.md").write_text(markdown(report))
+    chart(rows, args.out / "throughput.png")
+    print(f"report: {args.out / 'report.md'}")
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "# Batched DFlash throughput",
+        "",
+        f"`{report['config']['command']}`: {report['config']['max_tokens']} new tokens per prompt, "
+        f"median (min-max) of {report['config']['repeats']} repeats, aggregate tokens/s over the whole batch.",
+        "",
+        "| batch | " + " | ".join(METHODS.values()) + " | batched / one after another | batched / plain batched | exact |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in report["rows"]:
+        cells = [f"{row[m]['median']:.1f} ({row[m]['min']:.1f}-{row[m]['max']:.1f})" for m in METHODS]
+        lines.append(f"| {row['batch_size']} | " + " | ".join(cells) + f" | {row['batched_over_sequential']:.2f}x | "
+                     f"{row['batched_over_plain_batched']:.2f}x | {'yes' if row['exact'] else 'NO'} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def chart(rows: List[dict], path: Path) -> None:
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot()
+    sizes = [row["batch_size"] for row in rows]
+    for name, label in METHODS.items():
+        axes.plot(sizes, [row[name]["median"] for row in rows], marker="o", label=label)
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("batch size")
+    axes.set_ylabel("aggregate tokens/s")
+    axes.legend()
+    figure.tight_layout()
+    FigureCanvasAgg(figure).print_png(str(path))
