@@ -41,6 +41,7 @@ class Row:
     uid: int
     state: decode.DecodeState
     respond: Responder
+    acceptance: Acceptance
     context: mx.array  # [1, n, n_taps * D] tapped target states the drafter has not seen
 
 
@@ -75,14 +76,17 @@ class BatchDecoder:
         self.draft_cache: Optional[list] = None
         self.next_uid = 0
 
-    def insert(self, prompt_ids: List[int], max_tokens: int, seed: Optional[int] = None) -> int:
+    def insert(self, prompt_ids: List[int], max_tokens: int, seed: Optional[int] = None,
+               acceptance: Optional[Acceptance] = None) -> int:  # fmt: skip
         """Prefill a sequence alone and add it to the batch; returns its uid. Its first response
-        (the token after the prompt) comes with the next `step`."""
+        (the token after the prompt) comes with the next `step`. `acceptance` (default: the
+        decoder's) may differ from row to row: each request has its own sampling settings."""
+        acceptance = acceptance or self.acceptance
         model = self.model
         stats = GenerationStats(prompt_tokens=len(prompt_ids))
         respond = Responder(self.tokenizer, self.stop_tokens, max_tokens, stats)
         state = decode.start(model, max_tokens=max_tokens, block_size=self.block_size, seed=seed, stats=stats)
-        decode.prefill(model, state, mx.array(prompt_ids), self.acceptance)
+        decode.prefill(model, state, mx.array(prompt_ids), acceptance)
         target_row, draft_row = as_batch([state.target_cache]), [BatchKVCache([0]) for _ in model.draft.layers]
         if self.rows:
             for batch, row in zip(self.target_cache + self.draft_cache, target_row + draft_row):
@@ -91,7 +95,7 @@ class BatchDecoder:
             self.target_cache, self.draft_cache = target_row, draft_row
         state.target_cache = state.draft_cache = None  # the batch holds them now
         uid, self.next_uid = self.next_uid, self.next_uid + 1
-        self.rows.append(Row(uid, state, respond, state.context))
+        self.rows.append(Row(uid, state, respond, acceptance, state.context))
         return uid
 
     def step(self) -> List[Tuple[int, GenerationResponse]]:
@@ -134,7 +138,7 @@ class BatchDecoder:
             draft_logits = adapter.lm_head(draft(block, context, self.draft_cache, block_offset, mask)[:, 1:])
             for layer_cache in self.draft_cache:
                 layer_cache.finalize()
-            proposals = mx.stack([self.acceptance.propose(draft_logits[i], row.state) for i, row in enumerate(rows)])
+            proposals = mx.stack([row.acceptance.propose(draft_logits[i], row.state) for i, row in enumerate(rows)])
             mx.eval(proposals)
             draft_time = time.perf_counter() - tic
 
@@ -144,7 +148,7 @@ class BatchDecoder:
             target_logits = adapter.lm_head(verified.hidden)
             committed = []
             for i, row in enumerate(rows):
-                accepted = self.acceptance.accept(proposals[i], draft_logits[i], target_logits[i], row.state)
+                accepted = row.acceptance.accept(proposals[i], draft_logits[i], target_logits[i], row.state)
                 row.state.stats.acceptance_lengths.append(len(accepted))
                 committed.append(accepted[: remaining[i]])  # a block may commit more than is left
             # Each row keeps the positions of [last, its accepted proposals].
@@ -160,9 +164,9 @@ class BatchDecoder:
 
     def remove(self, uids: set) -> None:
         """Drop the rows `uids` from the batch and its caches; repack the caches when padding dominates."""
-        if not uids:
-            return
         kept = [i for i, row in enumerate(self.rows) if row.uid not in uids]
+        if len(kept) == len(self.rows):
+            return
         self.rows = [self.rows[i] for i in kept]
         if not kept:
             self.target_cache = self.draft_cache = None

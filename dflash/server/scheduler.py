@@ -1,8 +1,10 @@
 """The scheduler: one worker thread does all of the server's MLX work, a decode step at a time.
 
-Handlers `submit` jobs; the worker admits them and goes round the active ones, running one step
-of each (routing and prefill come with a job's first step) and handing every step's text to the
-job's asyncio queue, which its handler reads. Each request has its own DecodeState (or mlx-lm
+Handlers `submit` jobs; the worker admits them and goes round in cycles. A new job is routed and
+prefilled. Jobs on the expert route join one `BatchDecoder` (dflash/batch.py): each cycle runs one
+batched step, a drafter pass and a target pass shared by all of them; jobs on the fast route (and
+on targets the batch does not support) take one step of their own generator each. Every step's
+text goes to the job's asyncio queue, which its handler reads. Each request has its own DecodeState (or mlx-lm
 cache) and its own random stream (dflash/generate.py), so an answer is the same whatever it was
 interleaved with.
 A job whose client went away is cancelled: the worker closes its generator and drops it.
@@ -16,14 +18,17 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import jinja2
 
 from adapters.errors import DFlashError
-from adapters.routing import RouteDecision
+from adapters.routing import EXPERT, RouteDecision
 
+from ..acceptance import make_acceptance
+from ..batch import BatchDecoder
 from ..engine import Engine, Request
+from ..generate import encode_prompt
 from ..stats import GenerationStats
 from .protocol import APIError, client_disconnected, shutting_down
 
@@ -68,7 +73,8 @@ class Job:
         self.cancelled = False
         # The worker's own:
         self.decision: Optional[RouteDecision] = None
-        self.responses = None  # the engine's generator
+        self.responses = None  # the engine's generator, for a job outside the batch
+        self.uid: Optional[int] = None  # the job's row in the batch
         self.done = False
 
     def push(self, event) -> None:
@@ -116,6 +122,8 @@ class Scheduler:
         self.lock = threading.Lock()  # between submit and the worker's closing
         self.deadline: Optional[float] = None  # once closing: when the open jobs are cut off
         self.thread: Optional[threading.Thread] = None
+        self.batch: Optional[BatchDecoder] = None  # the expert route's shared decoder, when the target allows
+        self.batched: Dict[int, Job] = {}  # batch row uid -> job
 
     def start(self) -> None:
         """Load the models on the worker thread, then serve; a loading error is raised here."""
@@ -150,16 +158,21 @@ class Scheduler:
         except BaseException as e:  # noqa: BLE001  (handed to start())
             loaded.set_exception(e)
             return
+        try:
+            self.batch = BatchDecoder(*self.engine.expert, block_size=self.engine.pair.block_size)
+        except DFlashError as e:
+            logger.info("requests decode one at a time: %s", e)
         loaded.set_result(None)
         while self.admit():
-            job = self.active.popleft()
-            if job.cancelled:
-                self.end(job)
-                self.metrics.cancelled += 1
-                continue
-            self.advance(job)
-            if not job.done:
-                self.active.append(job)
+            for job in self.active:
+                if job.cancelled:
+                    self.end(job)
+                    self.metrics.cancelled += 1
+                elif job.uid is None:  # new, or outside the batch
+                    self.advance(job)
+            if self.batched:
+                self.step_batch()
+            self.active = deque(job for job in self.active if not job.done)
         # Closing: whatever is still open, or was submitted just before, ends here.
         while not self.pending.empty():
             job = self.pending.get()
@@ -185,12 +198,12 @@ class Scheduler:
         return bool(self.active) and time.monotonic() < self.deadline
 
     def advance(self, job: Job) -> None:
-        """One step of `job`, its route and prefill if it has not started."""
+        """Route and prefill a new job; one step of a job outside the batch."""
         tic = time.perf_counter()
         try:
-            if job.responses is None:
-                job.decision, job.responses = self.open(job)
-            response = next(job.responses)
+            if job.decision is None:
+                self.open(job)
+            response = next(job.responses) if job.responses is not None else None
         except (DFlashError, jinja2.TemplateError) as e:
             return self.fail(job, APIError(400, str(e)))
         except Exception as e:  # noqa: BLE001  (a bug: log it, answer 500, keep serving)
@@ -198,6 +211,26 @@ class Scheduler:
             return self.fail(job, APIError(500, f"internal error: {e}", kind="server_error"))
         finally:
             self.metrics.busy_time += time.perf_counter() - tic
+        if response is not None:
+            self.deliver(job, response)
+
+    def step_batch(self) -> None:
+        """One step of every job in the batch."""
+        tic = time.perf_counter()
+        try:
+            responses = self.batch.step()
+        except Exception as e:  # noqa: BLE001  (a bug: log it, fail the batch's jobs, keep serving)
+            logger.exception("batched generation failed")
+            for job in list(self.batched.values()):
+                self.fail(job, APIError(500, f"internal error: {e}", kind="server_error"))
+            return
+        finally:
+            self.metrics.busy_time += time.perf_counter() - tic
+        for uid, response in responses:
+            self.deliver(self.batched[uid], response)
+
+    def deliver(self, job: Job, response) -> None:
+        """Hand a step's text to the job, cut at its stop strings; finish the job with its last."""
         self.metrics.generated_tokens += len(response.tokens)
         text, stopped = job.stop.feed(response.text, last=response.finish_reason is not None)
         finish_reason = "stop" if stopped else response.finish_reason
@@ -212,13 +245,21 @@ class Scheduler:
         self.metrics.verify_steps += len(response.stats.acceptance_lengths)
         self.metrics.committed_tokens += sum(response.stats.acceptance_lengths)
 
-    def open(self, job: Job):
-        """Route the job and open its generator; a chat is rendered with the chosen model's template."""
-        decision = self.engine.route(job.request)
+    def open(self, job: Job) -> None:
+        """Route the job, then add it to the batch or open its own generator; a chat is rendered
+        with the chosen model's template."""
+        job.decision = self.engine.route(job.request)
         request = job.request
         if job.messages is not None:
             request = replace(request, prompt=job.messages)
-        return decision, self.engine.stream(request, decision.route)
+        if job.decision.route != EXPERT or self.batch is None:
+            job.responses = self.engine.stream(request, job.decision.route)
+            return
+        model, tokenizer = self.engine.expert
+        prompt_ids = encode_prompt(model.adapter, tokenizer, request.prompt, request.chat, request.thinking)
+        acceptance = make_acceptance(request.sampling, request.acceptance)
+        job.uid = self.batch.insert(prompt_ids, request.max_tokens, request.seed, acceptance)
+        self.batched[job.uid] = job
 
     def fail(self, job: Job, error: APIError) -> None:
         job.push(error)
@@ -229,3 +270,5 @@ class Scheduler:
         job.done = True
         if job.responses is not None:
             job.responses.close()
+        if self.batched.pop(job.uid, None) is not None:
+            self.batch.remove({job.uid})
