@@ -28,7 +28,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.base import create_attention_mask, create_ssm_mask
-from mlx_lm.models.cache import ArraysCache, BatchKVCache, KVCache, QuantizedKVCache, RotatingKVCache, make_prompt_cache
+from mlx_lm.models.cache import ArraysCache, KVCache, QuantizedKVCache, RotatingKVCache, make_prompt_cache
 
 from .errors import DFlashError
 
@@ -41,20 +41,6 @@ def default_target_layer_ids(num_target_layers: int, num_draft_layers: int) -> L
         return [num_target_layers // 2]
     span = num_target_layers - 4
     return [round(1 + k * span / (num_draft_layers - 1)) for k in range(num_draft_layers)]
-
-
-def commit_rows(caches: list, rejected: List[int]) -> None:
-    """Forget the last `rejected[i]` positions of row i of every BatchKVCache: all rows lose the
-    fewest, and each row's remaining rejected positions are rolled to its front, where they join
-    its left padding."""
-    common = min(rejected)
-    ragged = [r - common for r in rejected]
-    for cache in caches:
-        if not isinstance(cache, BatchKVCache):
-            raise DFlashError(f"batched decoding cannot roll back a {type(cache).__name__} (recurrent layers)")
-        cache.trim(common)
-        cache.prepare(right_padding=ragged)
-        cache.finalize()
 
 
 @dataclass
@@ -146,8 +132,10 @@ class DecoderAdapter:
         length = tokens.shape[1]
 
         def commit(n) -> None:
-            if isinstance(n, list):
-                return commit_rows(caches, [length - kept for kept in n])
+            if isinstance(n, list):  # a batch: each row keeps its own number of positions
+                for cache in caches:
+                    cache.forget([length - kept for kept in n])
+                return
             if n == length:
                 return
             for cache in caches:

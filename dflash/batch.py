@@ -1,15 +1,13 @@
 """Batched speculative decoding: one drafter pass drafts a block for every active sequence, one
 target pass verifies all the blocks, and each sequence accepts its own prefix.
 
-Layout. The target's and the drafter's caches are mlx-lm `BatchKVCache`s, left-padded: row i's
-positions end at the same index for every row and its left padding is masked out. After a verify
-pass row i keeps n_i of the block's positions. All rows drop the fewest rejected positions by
-trimming; a row's other rejected positions are rolled to its front, where they become padding
-(`commit_rows` in adapters/base.py). The drafter's cache grows by a ragged n_i context features per
-row the same way: the features go in right-padded and the padding is rolled to the front after the
-pass. Rolling costs a copy of the cache per step, but keeps every row's positions contiguous, so
-attention, RoPE and masks are mlx-lm's own batched ones. Padding accumulates at the rows' fronts:
-when it outweighs the positions, the caches are repacked.
+Layout. The target's and the drafter's caches are `RaggedKVCache`s (adapters/ragged.py): each row
+starts at the front of the buffer and has its own length, which RoPE and the masks read. After a
+verify pass row i keeps n_i of the block's positions and simply forgets the rest: no data moves.
+The drafter's cache grows by a ragged n_i context features per row the same way: the features go
+in right-padded, the padding is masked during the pass and forgotten after it. (A left-padded
+mlx-lm BatchKVCache would have to roll each row's whole history by its own amount every step;
+measured here, that copy cost as much as the batched verify pass itself at 8 rows.)
 
 Each sequence keeps its own `DecodeState` (random key, statistics, committed tokens) and its own
 `Responder` (stop tokens, detokenising), so its output is what it gets alone: token for token when
@@ -23,18 +21,17 @@ from typing import List, Optional, Sequence, Tuple
 
 import mlx.core as mx
 from mlx_lm.generate import generation_stream
-from mlx_lm.models.cache import BatchKVCache, KVCache
+from mlx_lm.models.cache import KVCache
 
 from adapters.errors import DFlashError
+from adapters.loading import DTYPES
+from adapters.ragged import RaggedKVCache
 
 from . import decode
 from .acceptance import Acceptance, GreedyAcceptance
 from .generate import GenerationResponse, GenerationResult, Responder, collect, encode_prompt
 from .loading import DFlashModel
 from .stats import GenerationStats
-
-REPACK_PADDING = 64  # repack the caches when the padding per row exceeds this many positions
-
 
 @dataclass
 class Row:
@@ -45,16 +42,6 @@ class Row:
     context: mx.array  # [1, n, n_taps * D] tapped target states the drafter has not seen
 
 
-def as_batch(caches: List[list]) -> list:
-    """Per-layer BatchKVCaches holding the given rows' single-sequence KV caches."""
-    return [BatchKVCache.merge(layer) for layer in zip(*caches)]
-
-
-def repack(caches: list) -> list:
-    """The same rows with no more left padding than the longest row needs."""
-    return [BatchKVCache.merge([cache.extract(i) for i in range(cache.offset.size)]) for cache in caches]
-
-
 class BatchDecoder:
     """Speculative decoding of many sequences at once with one model and one acceptance rule."""
 
@@ -62,7 +49,7 @@ class BatchDecoder:
                  acceptance: Optional[Acceptance] = None):  # fmt: skip
         if any(kind == "sliding_attention" for kind in model.draft.config.layer_types):
             raise DFlashError("batched decoding does not support drafters with sliding-window layers yet")
-        if any(not isinstance(cache, KVCache) for cache in model.adapter.make_cache()):
+        if any(type(cache) is not KVCache for cache in model.adapter.make_cache()):
             raise DFlashError(f"batched decoding does not support {model.adapter.family} targets yet (recurrent "
                               "layers, or quantized caches): generate one sequence at a time")
         if block_size is not None and not 2 <= block_size <= model.block_size:
@@ -87,7 +74,10 @@ class BatchDecoder:
         respond = Responder(self.tokenizer, self.stop_tokens, max_tokens, stats)
         state = decode.start(model, max_tokens=max_tokens, block_size=self.block_size, seed=seed, stats=stats)
         decode.prefill(model, state, mx.array(prompt_ids), acceptance)
-        target_row, draft_row = as_batch([state.target_cache]), [BatchKVCache([0]) for _ in model.draft.layers]
+        target_row = [RaggedKVCache.from_cache(cache) for cache in state.target_cache]
+        config = model.draft.config
+        draft_row = [RaggedKVCache.empty(config.num_key_value_heads, config.head_dim, DTYPES[model.dtype])
+                     for _ in model.draft.layers]  # fmt: skip
         if self.rows:
             for batch, row in zip(self.target_cache + self.draft_cache, target_row + draft_row):
                 batch.extend(row)
@@ -120,24 +110,21 @@ class BatchDecoder:
 
         with mx.stream(generation_stream):
             tic = time.perf_counter()
-            # Each row's unseen context features, right-padded to the longest; the drafter's cache
-            # takes them all, then the padding is rolled to the rows' fronts.
+            # Each row's unseen context features, right-padded to the longest: the drafter's cache
+            # takes them all, the padding is masked out, then forgotten.
             lengths = [row.context.shape[1] for row in rows]
             width = max(lengths)
             context = mx.concatenate([mx.pad(row.context, [(0, 0), (0, width - n), (0, 0)])
                                       for row, n in zip(rows, lengths)])  # fmt: skip
-            cache = self.draft_cache[0]
-            end = (cache.offset + cache.left_padding)[0].item()  # where every row's positions end
-            position = mx.arange(end + width)[None]
-            sees = (position >= cache.left_padding[:, None]) & (position < end + mx.array(lengths)[:, None])
+            seen = self.draft_cache[0].offset  # each row's context features so far
+            block_offset = seen + mx.array(lengths)
+            position = mx.arange(max(self.draft_cache[0].lengths) + width)[None]
+            sees = position < block_offset[:, None]
             mask = mx.concatenate([sees, mx.ones((len(rows), b), dtype=mx.bool_)], axis=1)[:, None, None, :]
-            block_offset = cache.offset + mx.array(lengths)
-            for layer_cache in self.draft_cache:
-                layer_cache.prepare(right_padding=[width - n for n in lengths])
             block = adapter.embed(mx.array([[last] + [config.mask_token_id] * (b - 1) for last in lasts]))
             draft_logits = adapter.lm_head(draft(block, context, self.draft_cache, block_offset, mask)[:, 1:])
             for layer_cache in self.draft_cache:
-                layer_cache.finalize()
+                layer_cache.forget([width - n for n in lengths])
             proposals = mx.stack([row.acceptance.propose(draft_logits[i], row.state) for i, row in enumerate(rows)])
             mx.eval(proposals)
             draft_time = time.perf_counter() - tic
@@ -163,7 +150,7 @@ class BatchDecoder:
         return committed
 
     def remove(self, uids: set) -> None:
-        """Drop the rows `uids` from the batch and its caches; repack the caches when padding dominates."""
+        """Drop the rows `uids` from the batch and its caches."""
         kept = [i for i, row in enumerate(self.rows) if row.uid not in uids]
         if len(kept) == len(self.rows):
             return
@@ -172,9 +159,7 @@ class BatchDecoder:
             self.target_cache = self.draft_cache = None
             return
         for cache in self.target_cache + self.draft_cache:
-            cache.filter(mx.array(kept))
-        if self.target_cache[0].left_padding.max().item() > REPACK_PADDING:
-            self.target_cache, self.draft_cache = repack(self.target_cache), repack(self.draft_cache)
+            cache.filter(kept)
 
 
 def batch_generate(
