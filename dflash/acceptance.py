@@ -13,8 +13,13 @@ any number of requests at once.
   first rejection the target's token is drawn from normalise(max(0, p_i - q_i)).
 - `TokenMatching`: the target draws its own token at every position and a proposal is accepted
   while it equals that draw. Simpler, and it accepts less: sum p*q instead of sum min(p, q).
+- `ArgmaxProposals`: speculative sampling with the drafter's argmax as a one-hot q: x_i is accepted
+  with probability p_i(x_i), and at the first rejection the target's token is drawn from p_i
+  without x_i. A block of independent draws from the drafter's marginals is incoherent (each
+  position was predicted from mask tokens, not from the draws before it); the argmax block is
+  the drafter's most likely continuation.
 
-Both sampling rules are lossless: the committed tokens are distributed exactly as plain sampling
+All three sampling rules are lossless: the committed tokens are distributed exactly as plain sampling
 from the target with the same `SamplingSettings`, which make p and q from the logits.
 """
 
@@ -60,7 +65,7 @@ def leading_true(flags: List[bool]) -> int:
 
 
 class SamplingAcceptance:
-    """What both lossless rules share: drawing from p and q with the request's random keys, and
+    """What the lossless rules share: drawing from p and q with the request's random keys, and
     recording the acceptance statistics in the request's stats."""
 
     def __init__(self, settings: SamplingSettings):
@@ -77,10 +82,15 @@ class SamplingAcceptance:
         positions in one pass, so q_i does not depend on the other proposals."""
         return mx.random.categorical(self.settings.sampling_logits(draft_logits), key=state.next_key())
 
-    def _distributions(self, draft_logits: mx.array, target_logits: mx.array) -> Tuple[mx.array, mx.array, mx.array]:
+    def proposal_distribution(self, proposals: mx.array, draft_logits: mx.array) -> mx.array:
+        """q [n, V]: the distribution each proposal was drawn from."""
+        return mx.softmax(self.settings.sampling_logits(draft_logits), axis=-1)
+
+    def _distributions(self, proposals: mx.array, draft_logits: mx.array,
+                       target_logits: mx.array) -> Tuple[mx.array, mx.array, mx.array]:  # fmt: skip
         """p [n + 1, V], q [n, V] and both rules' acceptance chances at each position [2, n]."""
         p = mx.softmax(self.settings.sampling_logits(target_logits), axis=-1)
-        q = mx.softmax(self.settings.sampling_logits(draft_logits), axis=-1)
+        q = self.proposal_distribution(proposals, draft_logits)
         rates = mx.stack([mx.minimum(p[:-1], q).sum(axis=-1), (p[:-1] * q).sum(axis=-1)])
         return p, q, rates
 
@@ -90,7 +100,7 @@ class SpeculativeSampling(SamplingAcceptance):
     normalise(max(0, p_i - q_i)); after a full accept the bonus token is drawn from p_n."""
 
     def accept(self, proposals: mx.array, draft_logits: mx.array, target_logits: mx.array, state) -> List[int]:
-        p, q, rates = self._distributions(draft_logits, target_logits)
+        p, q, rates = self._distributions(proposals, draft_logits, target_logits)
         n = proposals.size
         positions = mx.arange(n)
         uniform = mx.random.uniform(shape=(n,), key=state.next_key())
@@ -114,7 +124,7 @@ class TokenMatching(SamplingAcceptance):
     those draws, then commit the target's draw at the first mismatch (or the bonus draw)."""
 
     def accept(self, proposals: mx.array, draft_logits: mx.array, target_logits: mx.array, state) -> List[int]:
-        p, _, rates = self._distributions(draft_logits, target_logits)
+        p, _, rates = self._distributions(proposals, draft_logits, target_logits)
         target_draws = mx.random.categorical(mx.log(p), key=state.next_key())
         mx.eval(target_draws, rates)
         target_draws, proposed = target_draws.tolist(), proposals.tolist()
@@ -123,7 +133,19 @@ class TokenMatching(SamplingAcceptance):
         return proposed[:count] + [target_draws[count]]
 
 
-ACCEPTANCE_RULES = {"speculative": SpeculativeSampling, "match": TokenMatching}
+class ArgmaxProposals(SpeculativeSampling):
+    """Propose the drafter's argmax with q one-hot on it: speculative sampling then accepts x_i
+    with probability p_i(x_i) and corrects from max(0, p_i - q_i), p_i without x_i. Its recorded
+    chances are both p_i(x_i), the rule's own acceptance chance."""
+
+    def propose(self, draft_logits: mx.array, state) -> mx.array:
+        return mx.argmax(draft_logits, axis=-1)
+
+    def proposal_distribution(self, proposals: mx.array, draft_logits: mx.array) -> mx.array:
+        return (mx.arange(draft_logits.shape[-1])[None] == proposals[:, None]).astype(mx.float32)
+
+
+ACCEPTANCE_RULES = {"speculative": SpeculativeSampling, "match": TokenMatching, "argmax": ArgmaxProposals}
 
 
 def make_acceptance(settings: SamplingSettings, rule: str = "speculative") -> Acceptance:

@@ -14,6 +14,7 @@ from adapters.routing import DEFAULT_THRESHOLD, FAST, ROUTERS
 
 from . import blas
 from .acceptance import ACCEPTANCE_RULES
+from .block_size import AUTO
 from .engine import ROUTE_CHOICES, Engine, Request
 from .generate import GenerationResponse, collect
 from .loading import DRAFT_BITS
@@ -27,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen = parser.add_argument_group("generation")
     gen.add_argument("--prompt", default=DEFAULT_PROMPT)
     gen.add_argument("--max-new-tokens", type=int, default=256)
-    gen.add_argument("--block-size", type=int, help="draft block size (default: the drafter's)")
+    gen.add_argument("--block-size", type=block_size_option,
+                     help="draft block size, or auto: chosen every step to maximise the expected tokens per second "
+                     "from the request's measured step costs and acceptance (default: the drafter's)")
     gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
                      help="apply the target's chat template (default: on)")
     gen.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
@@ -45,9 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="drop tokens below min-p times the top token's probability, in [0, 1) (default 0: off)")
     sampling.add_argument("--seed", type=int, help="seed of the random draws: the same seed gives the same text")
     sampling.add_argument("--acceptance", choices=sorted(ACCEPTANCE_RULES), default="speculative",
-                          help="how proposals are accepted at temperature > 0, both lossless: speculative sampling "
-                          "(default; accepts with probability min(1, p/q)) or match (accepts a proposal equal to the "
-                          "target's own draw)")
+                          help="how proposals are accepted at temperature > 0, all lossless: speculative sampling "
+                          "(default; accepts with probability min(1, p/q)), match (accepts a proposal equal to the "
+                          "target's own draw) or argmax (proposes the drafter's argmax, accepts it with probability p)")
     out = parser.add_argument_group("output")
     out.add_argument("--stream", action="store_true", help="print text as it is verified")
     out.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -55,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also run plain mlx-lm decoding (greedy, or sampling with the same settings); report the "
                      "speedup and, when greedy, whether the tokens are identical")
     return parser
+
+
+def block_size_option(text: str):
+    return text if text == AUTO else int(text)
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -131,7 +138,8 @@ def run(args) -> dict:
     if decision.route == FAST:
         return report
     report["sampling"]["acceptance"] = "greedy" if settings.greedy else args.acceptance
-    report.update(acceptance_lengths=stats.acceptance_lengths, mean_acceptance=stats.mean_acceptance,
+    report.update(acceptance_lengths=stats.acceptance_lengths, block_sizes=stats.block_sizes,
+                  mean_acceptance=stats.mean_acceptance,
                   draft_time=stats.draft_time, verify_time=stats.verify_time)  # fmt: skip
     sampled = stats.acceptance_stats
     if sampled is not None:

@@ -11,7 +11,7 @@ rule are shared and hold none of it.
 
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import mlx.core as mx
 from mlx_lm.generate import generation_stream
@@ -19,6 +19,7 @@ from mlx_lm.generate import generation_stream
 from adapters.errors import DFlashError
 
 from .acceptance import Acceptance
+from .block_size import AUTO, AutoBlockSize
 from .loading import DFlashModel
 from .stats import GenerationStats
 
@@ -31,12 +32,13 @@ PREFILL_STEP_SIZE = 2048
 class DecodeState:
     target_cache: list
     draft_cache: list
-    block_size: int
+    block_size: int  # with block_sizer: the largest it may choose
     max_tokens: int
     key: mx.array  # the request's random stream (sampling rules only)
     stats: GenerationStats
     context: Optional[mx.array] = None  # tapped target states of committed positions the drafter has not seen
     tokens: List[int] = field(default_factory=list)  # committed so far; the last one is not in the target cache
+    block_sizer: Optional[AutoBlockSize] = None  # block size "auto": chooses each step's block
 
     @property
     def finished(self) -> bool:
@@ -56,26 +58,31 @@ def start(
     model: DFlashModel,
     *,
     max_tokens: int,
-    block_size: Optional[int] = None,
+    block_size: Union[int, str, None] = None,
     seed: Optional[int] = None,
     stats: Optional[GenerationStats] = None,
     target_cache: Optional[list] = None,
+    draft_window: Optional[int] = None,
 ) -> DecodeState:
     """A fresh state. With no seed the random stream starts from mlx's global generator.
     `target_cache`, if given, is an empty cache from `adapter.make_cache()` that the request fills,
-    as mlx-lm's prompt_cache: afterwards it holds every committed token but the last."""
+    as mlx-lm's prompt_cache: afterwards it holds every committed token but the last.
+    `block_size` "auto" chooses every step's block (dflash/block_size.py). `draft_window` bounds
+    the drafter's context to the last that many committed positions (DFlashDraftModel.make_cache)."""
     check_max_tokens(max_tokens)
-    if block_size is not None and not 2 <= block_size <= model.block_size:
+    auto = block_size == AUTO
+    if not auto and block_size is not None and not 2 <= block_size <= model.block_size:
         raise DFlashError(f"block size must be between 2 and the drafter's {model.block_size}, got {block_size}")
     if seed is None:
         seed = mx.random.randint(0, 2**31 - 1).item()
     return DecodeState(
         target_cache=target_cache if target_cache is not None else model.adapter.make_cache(),
-        draft_cache=model.draft.make_cache(),
-        block_size=block_size or model.block_size,
+        draft_cache=model.draft.make_cache(draft_window),
+        block_size=model.block_size if auto else block_size or model.block_size,
         max_tokens=max_tokens,
         key=mx.random.key(seed),
         stats=stats if stats is not None else GenerationStats(),
+        block_sizer=AutoBlockSize(model.block_size) if auto else None,
     )
 
 
@@ -102,11 +109,11 @@ def step(model: DFlashModel, state: DecodeState, acceptance: Acceptance) -> List
     adapter, draft, config = model.adapter, model.draft, model.draft.config
     remaining = state.max_tokens - len(state.tokens)
     # A block of b positions commits at most b tokens: draft no further than max_tokens.
-    b = max(2, min(state.block_size, remaining))
+    b = max(2, min(state.block_sizer.choose() if state.block_sizer else state.block_size, remaining))
     last = state.tokens[-1]
 
     with mx.stream(generation_stream):
-        tic = time.perf_counter()
+        step_start = tic = time.perf_counter()
         block = adapter.embed(mx.array([[last] + [config.mask_token_id] * (b - 1)]))
         draft_logits = adapter.lm_head(draft(block, state.context, state.draft_cache)[0, 1:])
         proposals = acceptance.propose(draft_logits, state)
@@ -118,6 +125,9 @@ def step(model: DFlashModel, state: DecodeState, acceptance: Acceptance) -> List
                                   config.target_layer_ids)  # fmt: skip
         committed = acceptance.accept(proposals, draft_logits, adapter.lm_head(verified.hidden)[0], state)
         state.stats.acceptance_lengths.append(len(committed))
+        state.stats.block_sizes.append(b)
+        if state.block_sizer:
+            state.block_sizer.record(b, accepted=len(committed) - 1, seconds=time.perf_counter() - step_start)
         # A block of 2 drafted with one token left may commit 2: keep one.
         committed = committed[:remaining]
         # The pass ran [last, proposals]; keep the positions of [last, accepted proposals].

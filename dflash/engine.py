@@ -37,9 +37,9 @@ class Request:
     prompt: Union[str, list]  # text, or token ids (no chat template then)
     max_tokens: int = 256
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
-    acceptance: str = "speculative"  # the rule at temperature > 0: speculative or match
+    acceptance: str = "speculative"  # the rule at temperature > 0: speculative, match or argmax
     seed: Optional[int] = None
-    block_size: Optional[int] = None  # default: the drafter's
+    block_size: Union[int, str, None] = None  # default: the drafter's; "auto": chosen every step
     chat: bool = True
     thinking: Optional[bool] = None  # the chat template's thinking switch; None: the family's default
     route: str = EXPERT  # expert, fast or auto

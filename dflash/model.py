@@ -25,7 +25,7 @@ from typing import List, Optional
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.base import scaled_dot_product_attention
-from mlx_lm.models.cache import KVCache
+from mlx_lm.models.cache import KVCache, RotatingKVCache
 from mlx_lm.models.qwen3 import MLP
 from mlx_lm.models.rope_utils import initialize_rope
 
@@ -189,8 +189,15 @@ class DFlashDraftModel(nn.Module):
         ]
         self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def make_cache(self) -> List[KVCache]:
-        return [KVCache() for _ in self.layers]
+    def make_cache(self, context_window: Optional[int] = None) -> list:
+        """One KV cache per layer. With `context_window`, the full-attention layers keep only the
+        keys and values of the last `context_window` context positions (at least; RoPE keeps them
+        at their absolute positions): the drafter's cost per step stops growing with the context."""
+        if context_window is None:
+            return [KVCache() for _ in self.layers]
+        return [
+            KVCache() if layer.self_attn.sliding_window else RotatingKVCache(context_window) for layer in self.layers
+        ]
 
     def __call__(self, block_embeddings, target_hidden, cache=None, block_offset=None, mask=None):
         """block_embeddings: [N, Lb, D] embedded blocks; target_hidden: [1, Lc, n_taps * D]

@@ -50,6 +50,7 @@ class GenerationStats:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     acceptance_lengths: List[int] = field(default_factory=list)  # tokens committed per draft step
+    block_sizes: List[int] = field(default_factory=list)  # block size of each draft step
     prompt_time: float = 0.0
     generation_time: float = 0.0
     draft_time: float = 0.0

@@ -1,6 +1,8 @@
-"""The speed and exactness benchmark: plain mlx-lm greedy decoding, DFlash, and mlx-lm's own
+"""The speed and exactness benchmark: plain mlx-lm decoding, DFlash, and mlx-lm's own
 draft-model speculative decoding, run on the same target in the same process.
 
+DFlash runs as today (the drafter's block, speculative sampling at temperature > 0) and as any
+`Variant`s asked for beside it: other block sizes or "auto", other acceptance rules.
 `run_benchmark` times every method on every prompt (warmup first, methods interleaved per
 repeat) and `analyse` turns the runs into the figures of report.json.
 """
@@ -9,21 +11,55 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 import mlx.core as mx
 from mlx_lm.generate import speculative_generate_step
 from tqdm import tqdm
 
+from dflash.acceptance import make_acceptance
 from dflash.generate import collect, encode_prompt, generate, plain_generate, stream_steps
-from dflash.stats import GenerationStats
 from dflash.loading import DFlashModel
+from dflash.sampling import SamplingSettings
+from dflash.stats import GenerationStats
 
 from .exactness import divergence_record
 from .suites import Prompt
 
 PLAIN, DFLASH, MLX_SPECULATIVE = "plain", "dflash", "mlx_speculative"
 METHOD_NAMES = {PLAIN: "plain mlx-lm", DFLASH: "DFlash", MLX_SPECULATIVE: "mlx-lm speculative"}
+TODAYS_RULE = "speculative"
+
+
+def method_name(name: str) -> str:
+    return METHOD_NAMES.get(name) or name.replace(DFLASH, METHOD_NAMES[DFLASH], 1)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A way to run DFlash: None and TODAYS_RULE are today's behaviour."""
+
+    block_size: Union[int, str, None] = None  # None: the drafter's
+    acceptance: str = TODAYS_RULE  # the rule at temperature > 0
+
+    @property
+    def name(self) -> str:
+        """DFLASH for today's behaviour, else e.g. "dflash b=4 argmax"."""
+        parts = [f"b={self.block_size}"] if self.block_size is not None else []
+        parts += [self.acceptance] if self.acceptance != TODAYS_RULE else []
+        return " ".join([DFLASH] + parts)
+
+
+def dflash_variants(block_sizes: list, rules: List[str], drafter_block: int, greedy: bool) -> List[Variant]:
+    """Today's DFlash first, then the drafter's block size and every other with every rule (rules
+    only when sampling)."""
+    sizes = [None] + [None if size == drafter_block else size for size in block_sizes]
+    variants = [Variant()]
+    for size in sizes:
+        for rule in [TODAYS_RULE] if greedy else rules:
+            if Variant(size, rule) not in variants:
+                variants.append(Variant(size, rule))
+    return variants
 
 
 @dataclass
@@ -36,15 +72,19 @@ class Run:
     draft_time: Optional[float] = None  # DFlash only: mlx-lm does not split its steps
     verify_time: Optional[float] = None
     peak_memory_gb: float = 0.0
+    block_sizes: List[int] = field(default_factory=list)  # DFlash: the block size of each step
 
 
-def run_plain(model: DFlashModel, tokenizer, prompt_ids: List[int], max_tokens: int) -> Run:
-    result = plain_generate(model.adapter, tokenizer, prompt_ids, max_tokens)
+def run_plain(model: DFlashModel, tokenizer, prompt_ids: List[int], max_tokens: int, sampling: SamplingSettings,
+              seed: int) -> Run:  # fmt: skip
+    result = plain_generate(model.adapter, tokenizer, prompt_ids, max_tokens, sampling=sampling, seed=seed)
     return Run(result.tokens, result.stats.generation_time, peak_memory_gb=result.stats.peak_memory_gb)
 
 
-def run_dflash(model: DFlashModel, tokenizer, prompt_ids: List[int], max_tokens: int, block_size: Optional[int]) -> Run:
-    result = generate(model, tokenizer, prompt_ids, max_tokens, block_size=block_size)
+def run_dflash(model: DFlashModel, tokenizer, prompt_ids: List[int], max_tokens: int, variant: Variant,
+               sampling: SamplingSettings, seed: int) -> Run:  # fmt: skip
+    result = generate(model, tokenizer, prompt_ids, max_tokens, block_size=variant.block_size,
+                      acceptance=make_acceptance(sampling, variant.acceptance), seed=seed)  # fmt: skip
     stats = result.stats
     return Run(
         result.tokens,
@@ -53,6 +93,7 @@ def run_dflash(model: DFlashModel, tokenizer, prompt_ids: List[int], max_tokens:
         stats.draft_time,
         stats.verify_time,
         stats.peak_memory_gb,
+        list(stats.block_sizes),
     )
 
 
@@ -90,31 +131,29 @@ def run_benchmark(
     repeats: int,
     warmup: int,
     chat: bool,
-    block_size: Optional[int] = None,
+    variants: List[Variant] = (Variant(),),
+    sampling: SamplingSettings = SamplingSettings(),
     mlx_draft_model=None,
     num_draft_tokens: int = 3,
 ) -> dict:
-    """Every method on every prompt, `repeats` times. Returns the prompts' token ids and
-    runs[method][repeat][prompt index]."""
-    methods: Dict[str, Callable[[List[int]], Run]] = {
-        PLAIN: partial(run_plain, model, tokenizer, max_tokens=max_tokens),
-        DFLASH: partial(run_dflash, model, tokenizer, max_tokens=max_tokens, block_size=block_size),
+    """Every method on every prompt, `repeats` times, each sampled run of a prompt and repeat from
+    the same seed. Returns the prompts' token ids and runs[method][repeat][prompt index]."""
+    methods: Dict[str, Callable[..., Run]] = {
+        PLAIN: partial(run_plain, model, tokenizer, max_tokens=max_tokens, sampling=sampling),
     }
+    for variant in variants:
+        methods[variant.name] = partial(run_dflash, model, tokenizer, max_tokens=max_tokens, variant=variant,
+                                        sampling=sampling)  # fmt: skip
     if mlx_draft_model is not None:
-        methods[MLX_SPECULATIVE] = partial(
-            run_mlx_speculative,
-            model,
-            tokenizer,
-            mlx_draft_model,
-            max_tokens=max_tokens,
-            num_draft_tokens=num_draft_tokens,
-        )
+        mlx_speculative = partial(run_mlx_speculative, model, tokenizer, mlx_draft_model, max_tokens=max_tokens,
+                                  num_draft_tokens=num_draft_tokens)  # fmt: skip
+        methods[MLX_SPECULATIVE] = lambda ids, seed: mlx_speculative(ids)  # greedy only: no seed
     prompt_ids = [encode_prompt(model.adapter, tokenizer, prompt.prompt, chat) for prompt in prompts]
     names = list(methods)
 
     for _ in range(warmup):
         for name in names:
-            methods[name](prompt_ids[0])
+            methods[name](prompt_ids[0], seed=0)
 
     runs = {name: [[None] * len(prompts) for _ in range(repeats)] for name in names}
     with tqdm(total=repeats * len(prompts) * len(names), desc="bench", unit="run") as progress:
@@ -124,18 +163,20 @@ def run_benchmark(
             order = names[repeat % len(names) :] + names[: repeat % len(names)]
             for index, ids in enumerate(prompt_ids):
                 for name in order:
-                    runs[name][repeat][index] = methods[name](ids)
+                    runs[name][repeat][index] = methods[name](ids, seed=repeat * len(prompt_ids) + index)
                     progress.update()
     return {"prompt_ids": prompt_ids, "runs": runs}
 
 
-def analyse(model: DFlashModel, tokenizer, prompts: List[Prompt], benchmark: dict, tie_gap: float) -> dict:
+def analyse(model: DFlashModel, tokenizer, prompts: List[Prompt], benchmark: dict, tie_gap: float,
+            greedy: bool = True) -> dict:  # fmt: skip
     """The figures of report.json: per method over all prompts, per suite/category group and
-    per prompt, with the exactness of every method against plain decoding."""
+    per prompt, with the exactness of every method against plain decoding when greedy (sampled
+    runs agree in distribution only: tests/test_sampling.py)."""
     prompt_ids, runs = benchmark["prompt_ids"], benchmark["runs"]
     stop_tokens = model.adapter.stop_tokens(tokenizer)
     # Greedy decoding is deterministic: the first repeat's tokens stand for all of them.
-    divergences = {
+    divergences = {} if not greedy else {
         name: [
             divergence_record(
                 model.target, tokenizer, ids, runs[PLAIN][0][i].tokens, runs[name][0][i].tokens, stop_tokens, tie_gap
@@ -169,10 +210,24 @@ def analyse(model: DFlashModel, tokenizer, prompts: List[Prompt], benchmark: dic
             record["methods"][name]["divergence"] = records[index]
         per_prompt.append(record)
 
+    methods = figures(list(range(len(prompts))))
+    for name in methods:
+        if name.startswith(DFLASH):
+            methods[name]["gains"] = gains(methods, name)
     return {
-        "methods": figures(list(range(len(prompts)))),
+        "methods": methods,
         "groups": {group: {"prompts": len(indices), "methods": figures(indices)} for group, indices in groups.items()},
         "prompts": per_prompt,
+    }
+
+
+def gains(methods: dict, name: str) -> dict:
+    """A DFlash variant's tokens/s over every other variant's, repeat by repeat."""
+    speeds = methods[name]["tokens_per_second"]["repeats"]
+    return {
+        other: spread([ratio(a, b) for a, b in zip(speeds, methods[other]["tokens_per_second"]["repeats"])])
+        for other in methods
+        if other.startswith(DFLASH) and other != name
     }
 
 
@@ -200,7 +255,10 @@ def method_figures(runs: dict, name: str, indices: List[int], divergences: Optio
     figures["steps"] = len(lengths)
     figures["mean_acceptance"] = tau
     figures["acceptance_histogram"] = {str(k): v for k, v in sorted(Counter(lengths).items())}
-    figures["exact_match_rate"] = sum(divergences[i] is None for i in indices) / len(indices)
+    figures["exact_match_rate"] = sum(divergences[i] is None for i in indices) / len(indices) if divergences else None
+    sizes = [size for i in indices for size in runs[name][0][i].block_sizes]
+    if sizes:
+        figures["block_size_histogram"] = {str(k): v for k, v in sorted(Counter(sizes).items())}
 
     if lengths and runs[name][0][indices[0]].draft_time is not None:
         figures.update(step_costs(runs[name], indices, plain_tokens, plain_times, tau))

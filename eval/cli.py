@@ -8,6 +8,7 @@ A new kind is a function that adds its subparser and sets `run`, listed in SUBCO
 import argparse
 import shlex
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
 
@@ -16,16 +17,20 @@ import mlx.core as mx
 import dflash
 from adapters.errors import DFlashError
 from adapters.loading import DEQUANTIZE_CHOICES, DTYPE_CHOICES, load_target, quantized_layers
+from dflash.acceptance import ACCEPTANCE_RULES
+from dflash.block_size import AUTO
 from dflash.loading import DRAFT_BITS
+from dflash.sampling import SamplingSettings
 from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
 from .batch import add_batch
-from .bench import METHOD_NAMES, analyse, run_benchmark
+from .bench import analyse, dflash_variants, method_name, run_benchmark
 from .environment import environment
 from .exactness import TIE_GAP
 from .report import build_report, number, write_report
 from .router import add_router
 from .serve_load import add_serve_load
+from .steps import add_steps
 from .suites import HUB_SUITES, load_suites, suite_hash
 
 
@@ -71,7 +76,21 @@ def add_bench(subcommands) -> None:
     parser.add_argument("--max-tokens", type=at_least(1), default=256, help="new tokens per prompt (default: 256)")
     parser.add_argument("--repeats", type=at_least(1), default=3, help="timed runs of every method (default: 3)")
     parser.add_argument("--warmup", type=at_least(0), default=1, help="untimed runs of every method first (default: 1)")
-    parser.add_argument("--block-size", type=int, help="DFlash block size (default: the drafter's)")
+    parser.add_argument(
+        "--block-size", type=listed(block_size), default=[],
+        help="DFlash block sizes to run beside today's (the drafter's), comma-separated, e.g. 2,4,auto; auto "
+        "chooses every step's block from the measured step costs and acceptance",
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=0.0,
+        help="0 (default): greedy, with exactness against plain decoding; above 0 every method samples, each "
+        "prompt and repeat from the same seed",
+    )
+    parser.add_argument(
+        "--acceptance", type=listed(acceptance_rule), default=["speculative"],
+        help=f"acceptance rules at --temperature > 0, comma-separated, of {', '.join(ACCEPTANCE_RULES)}; today's "
+        "(speculative) always runs",
+    )
     parser.add_argument(
         "--num-draft-tokens", type=at_least(1), default=3, help="mlx-lm speculative draft tokens per step (default: 3)"
     )
@@ -100,7 +119,24 @@ def add_bench(subcommands) -> None:
     parser.set_defaults(run=bench)
 
 
-SUBCOMMANDS = [add_bench, add_router, add_serve_load, add_batch]
+def listed(parse):
+    def items(text: str) -> list:
+        return [parse(item) for item in text.split(",")]
+
+    return items
+
+
+def block_size(text: str):
+    return text if text == AUTO else at_least(2)(text)
+
+
+def acceptance_rule(text: str) -> str:
+    if text not in ACCEPTANCE_RULES:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(ACCEPTANCE_RULES)}, got {text!r}")
+    return text
+
+
+SUBCOMMANDS = [add_bench, add_router, add_serve_load, add_batch, add_steps]
 
 
 def load_mlx_draft(path: str, tokenizer, dtype: str, dequantize: str):
@@ -123,10 +159,14 @@ def bench(args, argv: List[str]) -> None:
     mx.random.seed(args.seed)
     model, tokenizer = dflash.load(args.target_model, args.draft_model, dtype=args.dtype, dequantize=args.dequantize,
                                    draft_bits=args.quantize_draft)  # fmt: skip
+    sampling = SamplingSettings(temperature=args.temperature)
+    if args.mlx_draft_model and not sampling.greedy:
+        raise DFlashError("--mlx-draft-model runs greedy only: leave it out with --temperature > 0")
     mlx_draft_model = None
     if args.mlx_draft_model:
         mlx_draft_model = load_mlx_draft(args.mlx_draft_model, tokenizer, model.dtype, args.dequantize)
     tie_gap = args.tie_gap if args.tie_gap is not None else TIE_GAP[model.dtype]
+    variants = dflash_variants(args.block_size, args.acceptance, model.block_size, sampling.greedy)
     checkpoints = {"target": args.target_model, "draft": args.draft_model, "mlx_draft": args.mlx_draft_model}
     env = environment(checkpoints, model.dtype, suite_hash(prompts), args.seed)
 
@@ -138,7 +178,8 @@ def bench(args, argv: List[str]) -> None:
         repeats=args.repeats,
         warmup=args.warmup,
         chat=args.chat,
-        block_size=args.block_size,
+        variants=variants,
+        sampling=sampling,
         mlx_draft_model=mlx_draft_model,
         num_draft_tokens=args.num_draft_tokens,
     )
@@ -152,7 +193,10 @@ def bench(args, argv: List[str]) -> None:
         "max_tokens": args.max_tokens,
         "repeats": args.repeats,
         "warmup": args.warmup,
-        "block_size": args.block_size,
+        "block_sizes": args.block_size,
+        "temperature": args.temperature,
+        "acceptance": args.acceptance,
+        "variants": {variant.name: asdict(variant) for variant in variants},
         "num_draft_tokens": args.num_draft_tokens,
         "chat": args.chat,
         "tie_gap": tie_gap,
@@ -160,19 +204,21 @@ def bench(args, argv: List[str]) -> None:
         "target_runs_quantized": bool(quantized_layers(model.target)),
         "quantize_draft": args.quantize_draft,
     }
-    report = build_report(config, env, analyse(model, tokenizer, prompts, benchmark, tie_gap))
+    report = build_report(config, env, analyse(model, tokenizer, prompts, benchmark, tie_gap, sampling.greedy))
     write_report(report, args.out, args.history)
     print_summary(report, args.out)
 
 
 def print_summary(report: dict, out: Path) -> None:
     for name, figures in report["methods"].items():
-        line = f"{METHOD_NAMES[name]:>20}: {number(figures['tokens_per_second']['median'], '.1f')} tokens/s"
+        line = f"{method_name(name):>24}: {number(figures['tokens_per_second']['median'], '.1f')} tokens/s"
         if "speedup" in figures:
             line += (
                 f", speedup {number(figures['speedup']['median'], '.2f', 'x')}, "
                 f"tau {number(figures['mean_acceptance'])}, exact {number(figures['exact_match_rate'], '.0%')}"
             )
+        if "block_size_histogram" in figures and len(figures["block_size_histogram"]) > 1:
+            line += f", blocks {figures['block_size_histogram']}"
         print(line)
     print(f"report: {out / 'report.md'}")
 

@@ -8,7 +8,7 @@ from typing import Optional
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .bench import DFLASH, METHOD_NAMES, MLX_SPECULATIVE, PLAIN
+from .bench import DFLASH, MLX_SPECULATIVE, PLAIN, method_name
 
 SCHEMA_VERSION = 1
 SPEEDUP_CHART, ACCEPTANCE_CHART = "speedup.png", "acceptance.png"
@@ -99,6 +99,7 @@ def markdown(report: dict) -> str:
         setup_section(report),
         summary_section(report),
         step_cost_section(report),
+        variants_section(report),
         group_section(report),
         histogram_section(report),
         divergence_section(report),
@@ -117,10 +118,11 @@ def setup_section(report: dict) -> str:
             )
             models.append(f"{role} `{config[role]}` (sha256 {hashes})")
     run = [
-        f"greedy, up to {config['max_tokens']} new tokens",
+        f"{'temperature ' + str(config['temperature']) if config.get('temperature') else 'greedy'}, "
+        f"up to {config['max_tokens']} new tokens",
         "chat template" if config["chat"] else "raw prompts",
         f"{config['repeats']} repeats after {config['warmup']} warmup",
-        f"DFlash block size {config['block_size'] or 'of the drafter'}",
+        f"DFlash block size {config.get('block_size') or 'of the drafter'}",
     ]
     if config.get("mlx_draft"):
         run.append(f"mlx-lm {config['num_draft_tokens']} draft tokens per step")
@@ -147,7 +149,7 @@ def summary_section(report: dict) -> str:
     for name, figures in report["methods"].items():
         rows.append(
             [
-                METHOD_NAMES[name],
+                method_name(name),
                 with_range(figures["tokens_per_second"]),
                 "1.00x" if name == PLAIN else with_range(figures["speedup"], ".2f", "x"),
                 number(figures.get("mean_acceptance")),
@@ -164,19 +166,24 @@ def summary_section(report: dict) -> str:
 
 
 def step_cost_section(report: dict) -> str:
-    dflash = report["methods"][DFLASH]
-    if "ideal_speedup" not in dflash:
-        return ""
-    row = [
-        number(dflash["plain_ms_per_token"]),
-        number(dflash["draft_ms_per_step"]),
-        number(dflash["verify_ms_per_step"]),
-        number(dflash["other_ms_per_step"]),
-        number(dflash["mean_acceptance"]),
-        number(dflash["ideal_speedup"], ".2f", "x"),
-        number(dflash["speedup"]["median"], ".2f", "x"),
+    rows = [
+        [
+            method_name(name),
+            number(dflash["plain_ms_per_token"]),
+            number(dflash["draft_ms_per_step"]),
+            number(dflash["verify_ms_per_step"]),
+            number(dflash["other_ms_per_step"]),
+            number(dflash["mean_acceptance"]),
+            number(dflash["ideal_speedup"], ".2f", "x"),
+            number(dflash["speedup"]["median"], ".2f", "x"),
+        ]
+        for name, dflash in report["methods"].items()
+        if "ideal_speedup" in dflash
     ]
+    if not rows:
+        return ""
     header = [
+        "method",
         "plain ms/token",
         "draft ms/step",
         "verify ms/step",
@@ -189,7 +196,28 @@ def step_cost_section(report: dict) -> str:
         "## DFlash step costs\n\n"
         "Ideal speedup = tau × plain time per token / (draft + verify time per step): what the measured "
         "tau and pass costs allow if the rest of the loop (other: detokenising, stop checks, Python) "
-        "cost nothing.\n\n" + table(header, [row])
+        "cost nothing.\n\n" + table(header, rows)
+    )
+
+
+def variants_section(report: dict) -> str:
+    """Every DFlash variant against today's DFlash and against each other: the ratio of their
+    tokens/s in the same repeat, median (min–max); and the block sizes each one ran."""
+    variants = [name for name in report["methods"] if name.startswith(DFLASH)]
+    if len(variants) < 2:
+        return ""
+    rows = []
+    for name in variants:
+        figures = report["methods"][name]
+        blocks = ", ".join(f"{size}: {count}" for size, count in figures.get("block_size_histogram", {}).items())
+        gains = [with_range(figures["gains"][other], ".2f", "x") if other != name else "–" for other in variants]
+        rows.append([method_name(name), number(figures["mean_acceptance"]), blocks] + gains)
+    header = ["variant", "tau", "block size: steps"] + [f"over {method_name(other)}" for other in variants]
+    return (
+        "## DFlash variants\n\n"
+        f"{method_name(DFLASH)} is today's behaviour (the drafter's block size, speculative sampling when sampling). "
+        "Gain: the row's tokens/s over the column's in the same repeat, median (min–max) over repeats.\n\n"
+        + table(header, rows)
     )
 
 
@@ -197,7 +225,7 @@ def group_section(report: dict) -> str:
     speculative = speculative_methods(report)
     header = ["Group", "prompts", "plain tokens/s"]
     for name in speculative:
-        header += [f"{METHOD_NAMES[name]} tokens/s", "speedup", "tau", "exact"]
+        header += [f"{method_name(name)} tokens/s", "speedup", "tau", "exact"]
     rows = []
     for group, entry in report["groups"].items():
         row = [group, entry["prompts"], number(entry["methods"][PLAIN]["tokens_per_second"]["median"], ".1f")]
@@ -218,20 +246,22 @@ def histogram_section(report: dict) -> str:
     histograms = [report["methods"][name]["acceptance_histogram"] for name in speculative]
     lengths = sorted({int(length) for histogram in histograms for length in histogram})
     rows = [[length] + [histogram.get(str(length), 0) for histogram in histograms] for length in lengths]
-    header = ["tokens/step"] + [f"{METHOD_NAMES[name]} steps" for name in speculative]
+    header = ["tokens/step"] + [f"{method_name(name)} steps" for name in speculative]
     return "## Tokens per verify step\n\n" + table(header, rows)
 
 
 def divergence_section(report: dict) -> str:
+    if report["config"].get("temperature"):
+        return ""  # sampled runs agree with plain decoding in distribution, not token for token
     rows = []
     for prompt in report["prompts"]:
         for name in speculative_methods(report):
-            record = prompt["methods"][name]["divergence"]
+            record = prompt["methods"][name].get("divergence")
             if record is not None:
                 rows.append(
                     [
                         f"{prompt['suite']}/{prompt['id']}",
-                        METHOD_NAMES[name],
+                        method_name(name),
                         record["position"],
                         f"{record['reference_token']} {json.dumps(record['reference_text'])}",
                         f"{record['candidate_token']} {json.dumps(record['candidate_text'])}",
@@ -268,7 +298,7 @@ def write_speedup_chart(report: dict, path: Path) -> None:
             [m - (s["min"] or m) for m, s in zip(medians, speedups)],
             [(s["max"] or m) - m for m, s in zip(medians, speedups)],
         ]
-        axes.bar(xs, medians, width, yerr=whiskers, capsize=3, label=METHOD_NAMES[name])
+        axes.bar(xs, medians, width, yerr=whiskers, capsize=3, label=method_name(name))
         if name == DFLASH:
             ideals = [methods[name].get("ideal_speedup") for _, methods in columns]
             points = [(x, ideal) for x, ideal in zip(xs, ideals) if ideal is not None]
@@ -295,7 +325,7 @@ def write_acceptance_chart(report: dict, path: Path) -> None:
         histogram = {int(length): count for length, count in figures["acceptance_histogram"].items()}
         steps = sum(histogram.values()) or 1
         xs = [length + (k - (len(speculative) - 1) / 2) * width for length in histogram]
-        label = f"{METHOD_NAMES[name]} (tau {number(figures['mean_acceptance'])})"
+        label = f"{method_name(name)} (tau {number(figures['mean_acceptance'])})"
         axes.bar(xs, [count / steps for count in histogram.values()], width, label=label)
         longest = max([longest, *histogram])
     axes.set_xticks(range(1, longest + 1))

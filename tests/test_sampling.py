@@ -6,7 +6,7 @@ distribution by Pearson's chi-square. Bins expecting fewer than 5 draws are pool
 null hypothesis (a lossless sampler) the statistic is close to chi-square with (bins - 1)
 degrees of freedom; a test fails when its p-value is below SIGNIFICANCE = 1e-3. The seeds are
 fixed, so every test is deterministic; the significance is the chance that seeds picked at
-random would fail a correct sampler (under 2% over the 14 statistical tests here), and
+random would fail a correct sampler (under 2% over the 20 statistical tests here), and
 `test_the_check_catches_a_wrong_correction` shows that such counts and this threshold do catch a
 classic bug.
 """
@@ -22,7 +22,14 @@ import pytest
 
 import dflash
 from adapters import Verification
-from dflash.acceptance import ACCEPTANCE_RULES, GreedyAcceptance, SpeculativeSampling, TokenMatching, make_acceptance
+from dflash.acceptance import (
+    ACCEPTANCE_RULES,
+    ArgmaxProposals,
+    GreedyAcceptance,
+    SpeculativeSampling,
+    TokenMatching,
+    make_acceptance,
+)
 from dflash.cli import main as cli_main
 from adapters.errors import DFlashError
 from dflash.generate import speculative_generate_step
@@ -141,7 +148,7 @@ class TableDrafter:
         self.rows = rows
         self.config = SimpleNamespace(block_size=len(rows), target_layer_ids=[0], mask_token_id=0)
 
-    def make_cache(self):
+    def make_cache(self, context_window=None):
         return None
 
     def __call__(self, block, context, cache):
@@ -157,12 +164,12 @@ def table_drafter(quality: str) -> TableDrafter:
     return TableDrafter(rows if quality == "good" else -rows)
 
 
-def run_table_model(acceptance, quality: str, tokens: int, seed: int) -> tuple:
+def run_table_model(acceptance, quality: str, tokens: int, seed: int, block_size=None) -> tuple:
     """The generated sequence, prompt included, and its statistics."""
     model = DFlashModel(None, TableTarget(), table_drafter(quality))
     stats = GenerationStats()
     steps = speculative_generate_step(mx.array(TABLE_PROMPT), model, max_tokens=tokens, acceptance=acceptance,
-                                      seed=seed, stats=stats)  # fmt: skip
+                                      seed=seed, stats=stats, block_size=block_size)  # fmt: skip
     return TABLE_PROMPT + [token for committed in steps for token in committed], stats
 
 
@@ -179,27 +186,33 @@ def transition_tables(sequence: list, settings: SamplingSettings):
         yield [(counts[token], expected[token]) for token in range(TABLE_VOCAB)]
 
 
-CASES = [(name, "speculative", "good") for name in SETTINGS] + [
-    ("t1", "speculative", "bad"),
-    ("t0.7-topk2", "speculative", "bad"),
-    ("t1", "match", "good"),
-    ("t1.5-topp0.8", "match", "bad"),
+CASES = [(name, "speculative", "good", None) for name in SETTINGS] + [
+    ("t1", "speculative", "bad", None),
+    ("t0.7-topk2", "speculative", "bad", None),
+    ("t1", "match", "good", None),
+    ("t1.5-topp0.8", "match", "bad", None),
+    ("t1", "argmax", "good", None),
+    ("t0.7-topk2", "argmax", "bad", None),
+    ("t1-minp0.2", "argmax", "good", None),
+    ("t1", "speculative", "good", "auto"),
+    ("t1", "argmax", "bad", "auto"),
 ]
 
 
-@pytest.mark.parametrize("setting, rule, quality", CASES)
-def test_every_token_follows_the_target(setting, rule, quality):
-    """Blocks of 3 proposals: every accepted proposal, correction and bonus token must follow the
-    target's distribution given the two tokens before it. The bad drafter takes more steps per
-    token, hence fewer tokens."""
+@pytest.mark.parametrize("setting, rule, quality, block_size", CASES)
+def test_every_token_follows_the_target(setting, rule, quality, block_size):
+    """Blocks of 3 proposals, or of the size chosen every step ("auto", from past steps only):
+    every accepted proposal, correction and bonus token must follow the target's distribution
+    given the two tokens before it. The bad drafter takes more steps per token, hence fewer tokens."""
     settings = SETTINGS[setting]
     acceptance = ACCEPTANCE_RULES[rule](settings)
-    sequence, stats = run_table_model(acceptance, quality, tokens=2000 if quality == "good" else 1200, seed=7)
+    tokens = 2000 if quality == "good" else 1200
+    sequence, stats = run_table_model(acceptance, quality, tokens, seed=7, block_size=block_size)
     assert goodness_of_fit(transition_tables(sequence, settings)) > SIGNIFICANCE
 
     stats = stats.acceptance_stats
     assert 0 in stats.accepted and max(stats.accepted) >= 1  # rejections and acceptances
-    if quality == "good":
+    if quality == "good" and block_size is None:
         assert TABLE_BLOCK - 1 in stats.accepted  # full accepts, with their bonus tokens
     # Each tested proposal is accepted with the probability summed in the rule's expected count,
     # so realized minus expected is a sum of centred Bernoullis: within 4 standard deviations.
@@ -219,6 +232,20 @@ def test_the_check_catches_a_wrong_correction():
     """With 3000 tokens the check caught this bug with every one of 6 seeds tried (p < 1e-4)."""
     settings = SETTINGS["t1"]
     sequence, _ = run_table_model(WrongCorrection(settings), "good", tokens=3000, seed=7)
+    assert goodness_of_fit(transition_tables(sequence, settings)) < SIGNIFICANCE
+
+
+class WrongArgmaxCorrection(ArgmaxProposals):
+    """The argmax rule's version of the bug: after rejecting x, draw from p, x included."""
+
+    def correction(self, p, q):
+        return p
+
+
+def test_the_check_catches_a_wrong_argmax_correction():
+    """With 1000 tokens the check caught this bug with every one of 6 seeds tried (p < 1e-6)."""
+    settings = SETTINGS["t1"]
+    sequence, _ = run_table_model(WrongArgmaxCorrection(settings), "good", tokens=1000, seed=7)
     assert goodness_of_fit(transition_tables(sequence, settings)) < SIGNIFICANCE
 
 
