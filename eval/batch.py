@@ -45,7 +45,7 @@ def positive_ints(text: str) -> List[int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
     if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"batch sizes must be at least 1, got '{text}'")
+        raise argparse.ArgumentTypeError(f"expected integers of at least 1, got '{text}'")
     return values
 
 

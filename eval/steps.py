@@ -22,10 +22,12 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 import dflash
+from adapters.loading import DTYPE_CHOICES
 from dflash import decode
 from dflash.acceptance import GreedyAcceptance
 from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
+from .batch import positive_ints
 from .environment import environment
 from .report import number, table
 
@@ -87,11 +89,11 @@ def add_steps(subcommands) -> None:
                                     description=__doc__.strip().splitlines()[0])  # fmt: skip
     parser.add_argument("--target-model", default=str(DEFAULT_TARGET))
     parser.add_argument("--draft-model", default=str(DEFAULT_DRAFT))
-    parser.add_argument("--prompt-lengths", default="128", help="comma-separated (default: 128)")
+    parser.add_argument("--prompt-lengths", type=positive_ints, default=[128], help="comma-separated (default: 128)")
     parser.add_argument("--block-size", type=int, help="default: the drafter's")
     parser.add_argument("--draft-window", type=int, help="also draft with the drafter's context kept to this window")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
     parser.add_argument("--out", type=Path, default=Path("runs/steps"))
     parser.set_defaults(run=steps)
 
@@ -99,7 +101,7 @@ def add_steps(subcommands) -> None:
 def steps(args, argv) -> None:
     model, _ = dflash.load(args.target_model, args.draft_model, dtype=args.dtype)
     block_size = args.block_size or model.block_size
-    lengths = [int(length) for length in args.prompt_lengths.split(",")]
+    lengths = args.prompt_lengths
     results = {}
     for length in lengths:
         results[str(length)] = figures(step_costs(model, length, block_size, args.draft_window, args.repeats))
