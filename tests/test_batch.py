@@ -29,6 +29,7 @@ def prompts():
     return [prompt_of(n, seed=n) for n in LENGTHS]
 
 
+@pytest.mark.slow  # whole batches on every family; the join/leave test stays fast
 @pytest.mark.parametrize("family", ["llama", "qwen3", "qwen3_moe", "gpt_oss"])
 def test_every_sequence_equals_its_single_run(make_pair, family):
     model, tokenizer = dflash.load(*make_pair(family))
@@ -63,6 +64,7 @@ def test_stop_tokens_early_finishes_and_a_sequence_joining_midway(make_pair):
     assert [r.finish_reason for r in results][1:4] == ["stop", "length", "stop"]
 
 
+@pytest.mark.slow  # whole batches on every family; the join/leave test stays fast
 @pytest.mark.parametrize("rule", ["speculative", "match"])
 def test_sampled_sequences_follow_their_own_seeds(make_pair, rule):
     model, tokenizer = dflash.load(*make_pair("qwen3"))

@@ -96,6 +96,7 @@ def test_bounded_drafter_context_keeps_greedy_exact(make_pair):
     assert cache.offset > len(prompt) and cache.keys.shape[2] < 16  # absolute positions, a window of keys
 
 
+@pytest.mark.slow  # a whole bench run
 def test_bench_runs_variants_side_by_side(make_pair, tmp_path):
     target, draft = make_pair(block_size=4)
     suite = tmp_path / "mini.jsonl"

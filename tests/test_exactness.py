@@ -18,6 +18,7 @@ def check_exact(model, tokenizer, prompt, max_tokens, block_size=None, oracle=Fa
     return result
 
 
+@pytest.mark.slow  # the family x tied x GQA matrix
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
 @pytest.mark.parametrize("tied", [True, False])
 @pytest.mark.parametrize("kv_heads", [2, 4], ids=["gqa", "mha"])
@@ -28,6 +29,7 @@ def test_families_tied_untied_gqa(make_pair, family, tied, kv_heads):
     assert result.stats.mean_acceptance > 3  # the accepting paths really ran
 
 
+@pytest.mark.slow  # the block size x prompt length matrix
 @pytest.mark.parametrize("block_size", [2, 4, 8, 16])
 @pytest.mark.parametrize("prompt_length", PROMPT_LENGTHS)
 def test_block_sizes_and_prompt_lengths(make_pair, block_size, prompt_length):

@@ -28,6 +28,7 @@ def test_every_published_family_has_an_adapter(family):
     assert family in ADAPTERS
 
 
+@pytest.mark.slow  # every family x block size; the rollback and boundary tests stay fast
 @pytest.mark.parametrize("block_size", [2, 4, 8, 16])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_block_sizes_and_prompt_lengths(make_pair, family, block_size):

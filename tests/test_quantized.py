@@ -54,6 +54,7 @@ def check_exact(model, tokenizer, prompt, max_tokens, oracle=False):
     return result
 
 
+@pytest.mark.slow  # every family x bit width; tied/untied and the CLI stay fast
 @pytest.mark.parametrize("quantization", QUANTIZATIONS)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_quantized_target_decodes_exactly(quantized_pair, family, quantization):
@@ -65,6 +66,7 @@ def test_quantized_target_decodes_exactly(quantized_pair, family, quantization):
     assert check_exact(model, tokenizer, prompt_of(20, seed=1), 50, oracle=True).stats.mean_acceptance > 3
 
 
+@pytest.mark.slow  # every family x bit width; tied/untied and the CLI stay fast
 @pytest.mark.parametrize("quantization", QUANTIZATIONS)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_dequantized_target_decodes_exactly(quantized_pair, family, quantization):

@@ -199,6 +199,7 @@ CASES = [(name, "speculative", "good", None) for name in SETTINGS] + [
 ]
 
 
+@pytest.mark.slow  # thousands of draws per setting; the broken-correction checks stay fast
 @pytest.mark.parametrize("setting, rule, quality, block_size", CASES)
 def test_every_token_follows_the_target(setting, rule, quality, block_size):
     """Blocks of 3 proposals, or of the size chosen every step ("auto", from past steps only):
@@ -298,6 +299,7 @@ def first_tokens_table(model, prompt, settings, draws, rule, length=2):
     return table
 
 
+@pytest.mark.slow  # 200 generations per rule
 @pytest.mark.parametrize("rule", ACCEPTANCE_RULES)
 def test_tiny_transformer_first_tokens_follow_the_target(tiny_pair, rule):
     """The real adapter and drafter: the random drafter is bad, so the second token is mostly a
@@ -307,6 +309,7 @@ def test_tiny_transformer_first_tokens_follow_the_target(tiny_pair, rule):
     assert goodness_of_fit([table]) > SIGNIFICANCE
 
 
+@pytest.mark.slow  # 300 sampled generations
 def test_hybrid_target_first_three_tokens_follow_the_target(make_pair):
     """A Qwen3.5-style target (GatedDeltaNet layers, then attention): the third token is drawn after
     the step that drew the second, which mostly rejects the random drafter's proposals, so its law
