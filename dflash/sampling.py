@@ -5,7 +5,7 @@ mlx-lm's sampler applies them, so that plain decoding and the lossless acceptanc
 from dataclasses import dataclass
 
 import mlx.core as mx
-from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_sampler
+from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
 
 from adapters.errors import DFlashError
 
@@ -48,9 +48,3 @@ class SamplingSettings:
         if 0 < self.top_k < logprobs.shape[-1]:
             logprobs = apply_top_k(logprobs, self.top_k)
         return logprobs * (1.0 / self.temperature)
-
-    def mlx_sampler(self, vocab_size: int):
-        """mlx-lm's own sampler with these settings, for plain decoding with `generate_step`."""
-        # apply_top_k rejects k >= V; keeping every token is the same as no top-k.
-        top_k = self.top_k if self.top_k < vocab_size else 0
-        return make_sampler(self.temperature, top_p=self.top_p, min_p=self.min_p, top_k=top_k)

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import mlx.core as mx
 import numpy as np
 import pytest
+from mlx_lm.sample_utils import make_sampler
 
 import dflash
 from adapters import Verification
@@ -252,14 +253,16 @@ def test_the_check_catches_a_wrong_argmax_correction():
 
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_filters_are_mlx_lm_samplers(setting):
-    """`sampling_logits` (what p and q are made of) gives the distribution mlx-lm's own sampler
-    draws from, the one plain decoding and the CLI baseline use."""
+    """`sampling_logits` (what p and q are made of, and what plain decoding draws from) gives the
+    distribution mlx-lm's own sampler draws from with the same settings."""
     settings = SETTINGS[setting]
     logits = mx.random.normal((16,), key=mx.random.key(3)) * 2
     draws = 20000
     mx.random.seed(0)
     logprobs = mx.broadcast_to(logits - mx.logsumexp(logits), (draws, 16))
-    counts = Counter(settings.mlx_sampler(16)(logprobs).tolist())
+    mlx_lm_sampler = make_sampler(settings.temperature, top_p=settings.top_p, min_p=settings.min_p,
+                                  top_k=settings.top_k)  # fmt: skip
+    counts = Counter(mlx_lm_sampler(logprobs).tolist())
     expected = draws * probabilities(settings, logits)
     assert goodness_of_fit([[(counts[token], expected[token]) for token in range(16)]]) > SIGNIFICANCE
 
