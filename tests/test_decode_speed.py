@@ -114,3 +114,18 @@ def test_bench_runs_variants_side_by_side(make_pair, tmp_path):
     assert sum(auto["block_size_histogram"].values()) == auto["steps"]
     markdown = (out / "report.md").read_text()
     assert "## DFlash variants" in markdown and "Divergences" not in markdown
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["steps", "--prompt-lengths", "abc"], "expected comma-separated integers, got 'abc'"),
+        (["steps", "--prompt-lengths", "0"], "expected integers of at least 1, got '0'"),
+        (["batch", "--batch-sizes", "2,x"], "expected comma-separated integers, got '2,x'"),
+    ],
+)
+def test_bad_lengths_and_batch_sizes_are_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err
