@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--block-size", type=block_size_option,
                      help="draft block size, or auto: chosen every step to maximise the expected tokens per second "
                      "from the request's measured step costs and acceptance (default: the drafter's)")
+    gen.add_argument("--draft-window", type=int, metavar="N",
+                     help="the drafter sees only the last N committed positions: its cost per step stops growing "
+                     "with the context (default: all of them)")
     gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True,
                      help="apply the target's chat template (default: on)")
     gen.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
@@ -105,7 +108,7 @@ def run(args) -> dict:
         raise DFlashError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     settings = SamplingSettings(args.temperature, args.top_p, args.top_k, args.min_p)
     request = Request(args.prompt, args.max_new_tokens, settings, args.acceptance, args.seed, args.block_size,
-                      args.chat, args.thinking, args.route)  # fmt: skip
+                      args.draft_window, args.chat, args.thinking, args.route)  # fmt: skip
     engine = engine_from(args)
     decision = engine.route(request)
     baseline = args.baseline and decision.route != FAST
@@ -123,7 +126,8 @@ def run(args) -> dict:
     else:
         model, _ = engine.expert
         report.update(target_model=engine.target_path, draft_model=engine.draft_path, dtype=model.dtype,
-                      block_size=args.block_size or engine.pair.block_size or model.block_size)  # fmt: skip
+                      block_size=args.block_size or engine.pair.block_size or model.block_size,
+                      draft_window=args.draft_window)  # fmt: skip
     report.update(
         blas=blas.loaded or "reference",
         text=result.text,

@@ -73,6 +73,8 @@ def start(
     auto = block_size == AUTO
     if not auto and block_size is not None and not 2 <= block_size <= model.block_size:
         raise DFlashError(f"block size must be between 2 and the drafter's {model.block_size}, got {block_size}")
+    if draft_window is not None and draft_window < 1:
+        raise DFlashError(f"the drafter's context window must be at least 1 position, got {draft_window}")
     if seed is None:
         seed = mx.random.randint(0, 2**31 - 1).item()
     return DecodeState(

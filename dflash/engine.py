@@ -40,6 +40,7 @@ class Request:
     acceptance: str = "speculative"  # the rule at temperature > 0: speculative, match or argmax
     seed: Optional[int] = None
     block_size: Union[int, str, None] = None  # default: the drafter's; "auto": chosen every step
+    draft_window: Optional[int] = None  # the drafter sees this many last committed positions; None: all
     chat: bool = True
     thinking: Optional[bool] = None  # the chat template's thinking switch; None: the family's default
     route: str = EXPERT  # expert, fast or auto
@@ -134,7 +135,7 @@ class Engine:
         return stream_generate(
             model, tokenizer, request.prompt, request.max_tokens, block_size=request.block_size or self.pair.block_size,
             chat=request.chat, thinking=request.thinking, acceptance=make_acceptance(request.sampling, request.acceptance),
-            seed=request.seed,
+            seed=request.seed, draft_window=request.draft_window,
         )  # fmt: skip
 
     def baseline(self, request: Request) -> GenerationResult:

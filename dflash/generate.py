@@ -75,13 +75,14 @@ def speculative_generate_step(
     seed: Optional[int] = None,
     stats: Optional[GenerationStats] = None,
     prompt_cache: Optional[list] = None,
+    draft_window: Optional[int] = None,
 ) -> Generator[List[int], None, None]:
     """Yield the tokens committed by each step: first the target's token after the prompt,
     then, per draft-and-verify step, the accepted proposals plus one target token.
     Never yields more than `max_tokens` tokens in all; stop tokens are the caller's business."""
     acceptance = acceptance or GreedyAcceptance()
     state = decode.start(model, max_tokens=max_tokens, block_size=block_size, seed=seed, stats=stats,
-                         target_cache=prompt_cache)  # fmt: skip
+                         target_cache=prompt_cache, draft_window=draft_window)  # fmt: skip
     yield decode.prefill(model, state, prompt, acceptance)
     while not state.finished:
         yield decode.step(model, state, acceptance)
@@ -167,12 +168,15 @@ def stream_generate(
     thinking: Optional[bool] = None,
     acceptance: Optional[Acceptance] = None,
     seed: Optional[int] = None,
+    draft_window: Optional[int] = None,
 ) -> Generator[GenerationResponse, None, None]:
-    """Yield a GenerationResponse for every verified step, with the text it committed."""
+    """Yield a GenerationResponse for every verified step, with the text it committed.
+    `draft_window` bounds the drafter's context to the last that many committed positions."""
     prompt_ids = encode_prompt(model.adapter, tokenizer, prompt, chat, thinking)
     stats = GenerationStats(prompt_tokens=len(prompt_ids))
     steps = speculative_generate_step(mx.array(prompt_ids), model, max_tokens=max_tokens, block_size=block_size,
-                                      acceptance=acceptance, seed=seed, stats=stats)  # fmt: skip
+                                      acceptance=acceptance, seed=seed, stats=stats,
+                                      draft_window=draft_window)  # fmt: skip
     yield from stream_steps(steps, tokenizer, model.adapter.stop_tokens(tokenizer), max_tokens, stats)
 
 

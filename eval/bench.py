@@ -1,8 +1,9 @@
 """The speed and exactness benchmark: plain mlx-lm decoding, DFlash, and mlx-lm's own
 draft-model speculative decoding, run on the same target in the same process.
 
-DFlash runs as today (the drafter's block, speculative sampling at temperature > 0) and as any
-`Variant`s asked for beside it: other block sizes or "auto", other acceptance rules.
+DFlash runs as today (the drafter's block, speculative sampling at temperature > 0, the whole
+context for the drafter) and as any `Variant`s asked for beside it: other block sizes or "auto",
+other acceptance rules, a bounded drafter context.
 `run_benchmark` times every method on every prompt (warmup first, methods interleaved per
 repeat) and `analyse` turns the runs into the figures of report.json.
 """
@@ -41,24 +42,28 @@ class Variant:
 
     block_size: Union[int, str, None] = None  # None: the drafter's
     acceptance: str = TODAYS_RULE  # the rule at temperature > 0
+    draft_window: Optional[int] = None  # None: the drafter sees the whole context
 
     @property
     def name(self) -> str:
-        """DFLASH for today's behaviour, else e.g. "dflash b=4 argmax"."""
+        """DFLASH for today's behaviour, else e.g. "dflash b=4 argmax" or "dflash window=64"."""
         parts = [f"b={self.block_size}"] if self.block_size is not None else []
         parts += [self.acceptance] if self.acceptance != TODAYS_RULE else []
+        parts += [f"window={self.draft_window}"] if self.draft_window is not None else []
         return " ".join([DFLASH] + parts)
 
 
-def dflash_variants(block_sizes: list, rules: List[str], drafter_block: int, greedy: bool) -> List[Variant]:
+def dflash_variants(block_sizes: list, rules: List[str], drafter_block: int, greedy: bool,
+                    draft_windows: List[int] = ()) -> List[Variant]:  # fmt: skip
     """Today's DFlash first, then the drafter's block size and every other with every rule (rules
-    only when sampling)."""
+    only when sampling), then today's DFlash with each drafter context window."""
     sizes = [None] + [None if size == drafter_block else size for size in block_sizes]
     variants = [Variant()]
     for size in sizes:
         for rule in [TODAYS_RULE] if greedy else rules:
             if Variant(size, rule) not in variants:
                 variants.append(Variant(size, rule))
+    variants += [Variant(draft_window=window) for window in dict.fromkeys(draft_windows)]
     return variants
 
 
@@ -84,7 +89,8 @@ def run_plain(model: DFlashModel, tokenizer, prompt_ids: List[int], max_tokens: 
 def run_dflash(model: DFlashModel, tokenizer, prompt_ids: List[int], max_tokens: int, variant: Variant,
                sampling: SamplingSettings, seed: int) -> Run:  # fmt: skip
     result = generate(model, tokenizer, prompt_ids, max_tokens, block_size=variant.block_size,
-                      acceptance=make_acceptance(sampling, variant.acceptance), seed=seed)  # fmt: skip
+                      acceptance=make_acceptance(sampling, variant.acceptance), seed=seed,
+                      draft_window=variant.draft_window)  # fmt: skip
     stats = result.stats
     return Run(
         result.tokens,

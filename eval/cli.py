@@ -82,6 +82,11 @@ def add_bench(subcommands) -> None:
         "chooses every step's block from the measured step costs and acceptance",
     )
     parser.add_argument(
+        "--draft-window", type=listed(at_least(1)), default=[],
+        help="drafter context windows to run beside today's (the whole context), comma-separated, e.g. 16,64: "
+        "the drafter sees only the last N committed positions",
+    )
+    parser.add_argument(
         "--temperature", type=float, default=0.0,
         help="0 (default): greedy, with exactness against plain decoding; above 0 every method samples, each "
         "prompt and repeat from the same seed",
@@ -166,7 +171,7 @@ def bench(args, argv: List[str]) -> None:
     if args.mlx_draft_model:
         mlx_draft_model = load_mlx_draft(args.mlx_draft_model, tokenizer, model.dtype, args.dequantize)
     tie_gap = args.tie_gap if args.tie_gap is not None else TIE_GAP[model.dtype]
-    variants = dflash_variants(args.block_size, args.acceptance, model.block_size, sampling.greedy)
+    variants = dflash_variants(args.block_size, args.acceptance, model.block_size, sampling.greedy, args.draft_window)
     checkpoints = {"target": args.target_model, "draft": args.draft_model, "mlx_draft": args.mlx_draft_model}
     env = environment(checkpoints, model.dtype, suite_hash(prompts), args.seed)
 
@@ -194,6 +199,7 @@ def bench(args, argv: List[str]) -> None:
         "repeats": args.repeats,
         "warmup": args.warmup,
         "block_sizes": args.block_size,
+        "draft_windows": args.draft_window,
         "temperature": args.temperature,
         "acceptance": args.acceptance,
         "variants": {variant.name: asdict(variant) for variant in variants},

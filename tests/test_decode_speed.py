@@ -9,6 +9,7 @@ import pytest
 import dflash
 from adapters.errors import DFlashError
 from dflash.block_size import AutoBlockSize
+from dflash.cli import main as cli_main
 from dflash.generate import plain_generate
 from eval.bench import DFLASH, Variant, dflash_variants
 from eval.cli import main as bench_main
@@ -78,14 +79,17 @@ def test_bench_variants():
     names = [v.name for v in dflash_variants([2, 8, "auto"], ["speculative", "argmax"], drafter_block=8, greedy=False)]
     assert names == [DFLASH, "dflash argmax", "dflash b=2", "dflash b=2 argmax", "dflash b=auto", "dflash b=auto argmax"]
     assert dflash_variants([], ["argmax"], drafter_block=8, greedy=True) == [Variant()]
+    windows = dflash_variants([], ["speculative"], drafter_block=8, greedy=True, draft_windows=[16, 64, 16])
+    assert [v.name for v in windows] == [DFLASH, "dflash window=16", "dflash window=64"]
 
 
-def test_bounded_drafter_context_keeps_greedy_exact(make_pair):
+def test_bounded_drafter_context_keeps_greedy_exact(make_pair, capsys):
     """A drafter that sees only the last 8 context positions proposes differently, but the target
-    still decides: the output stays plain greedy decoding."""
-    model, tokenizer = dflash.load(*make_pair("llama"))
+    still decides: the output stays plain greedy decoding, through the API and the CLI."""
+    target, draft = make_pair("llama")
+    model, tokenizer = dflash.load(target, draft)
     prompt = prompt_of(50, seed=2)
-    reference = dflash.generate(model, tokenizer, prompt, 40).tokens
+    reference = plain_generate(model.adapter, tokenizer, prompt, 40).tokens
     state = dflash.decode.start(model, max_tokens=40, draft_window=8)
     acceptance = dflash.GreedyAcceptance()
     tokens = dflash.decode.prefill(model, state, mx.array(prompt), acceptance)
@@ -94,6 +98,14 @@ def test_bounded_drafter_context_keeps_greedy_exact(make_pair):
     assert tokens == reference
     cache = state.draft_cache[0]
     assert cache.offset > len(prompt) and cache.keys.shape[2] < 16  # absolute positions, a window of keys
+    assert dflash.generate(model, tokenizer, prompt, 40, draft_window=8).tokens == reference
+    with pytest.raises(DFlashError, match="context window must be at least 1"):
+        dflash.generate(model, tokenizer, prompt, 40, draft_window=0)
+
+    assert cli_main(["--target-model", target, "--draft-model", draft, "--no-chat", "--prompt", "a b c d e f g h",
+                     "--max-new-tokens", "30", "--draft-window", "4", "--json", "--baseline"]) == 0  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    assert report["exact"] is True and report["draft_window"] == 4
 
 
 @pytest.mark.slow  # a whole bench run
@@ -104,9 +116,11 @@ def test_bench_runs_variants_side_by_side(make_pair, tmp_path):
     out = tmp_path / "report"
     bench_main(["bench", "--target-model", target, "--draft-model", draft, "--suite", str(suite), "--no-chat",
                 "--max-tokens", "10", "--repeats", "2", "--warmup", "0", "--temperature", "1.0",
-                "--acceptance", "speculative,argmax", "--block-size", "2,auto", "--out", str(out)])  # fmt: skip
+                "--acceptance", "speculative,argmax", "--block-size", "2,auto", "--draft-window", "4",
+                "--out", str(out)])  # fmt: skip
     report = json.loads((out / "report.json").read_text())
-    variants = [DFLASH, "dflash argmax", "dflash b=2", "dflash b=2 argmax", "dflash b=auto", "dflash b=auto argmax"]
+    variants = [DFLASH, "dflash argmax", "dflash b=2", "dflash b=2 argmax", "dflash b=auto", "dflash b=auto argmax",
+                "dflash window=4"]
     assert list(report["methods"]) == ["plain"] + variants
     auto = report["methods"]["dflash b=auto"]
     assert set(auto["gains"]) == set(variants) - {"dflash b=auto"} and len(auto["gains"][DFLASH]["repeats"]) == 2
