@@ -17,7 +17,7 @@ they finish, between steps (`BatchDecoder.insert` / `BatchDecoder.step`).
 
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
 from mlx_lm.generate import generation_stream
@@ -29,6 +29,7 @@ from adapters.ragged import RaggedKVCache
 
 from . import decode
 from .acceptance import Acceptance, GreedyAcceptance
+from .block_size import AUTO, AutoBlockSize
 from .generate import GenerationResponse, GenerationResult, Responder, collect, encode_prompt
 from .loading import DFlashModel
 from .stats import GenerationStats
@@ -45,17 +46,19 @@ class Row:
 class BatchDecoder:
     """Speculative decoding of many sequences at once with one model and one acceptance rule."""
 
-    def __init__(self, model: DFlashModel, tokenizer, *, block_size: Optional[int] = None,
+    def __init__(self, model: DFlashModel, tokenizer, *, block_size: Union[int, str, None] = None,
                  acceptance: Optional[Acceptance] = None):  # fmt: skip
         if any(kind == "sliding_attention" for kind in model.draft.config.layer_types):
             raise DFlashError("batched decoding does not support drafters with sliding-window layers yet")
         if any(type(cache) is not KVCache for cache in model.adapter.make_cache()):
             raise DFlashError(f"batched decoding does not support {model.adapter.family} targets yet (recurrent "
                               "layers, or quantized caches): generate one sequence at a time")
-        if block_size is not None and not 2 <= block_size <= model.block_size:
-            raise DFlashError(f"block size must be between 2 and the drafter's {model.block_size}, got {block_size}")
+        decode.check_block_size(model, block_size)
         self.model, self.tokenizer = model, tokenizer
-        self.block_size = block_size or model.block_size
+        auto = block_size == AUTO
+        self.block_size = model.block_size if auto else block_size or model.block_size
+        # "auto": one block size for all rows, chosen from their pooled acceptance and the step time per row.
+        self.block_sizer = AutoBlockSize(model.block_size) if auto else None
         self.acceptance = acceptance or GreedyAcceptance()
         self.stop_tokens = model.adapter.stop_tokens(tokenizer)
         self.rows: List[Row] = []
@@ -105,11 +108,11 @@ class BatchDecoder:
         adapter, draft, config = model.adapter, model.draft, model.draft.config
         remaining = [row.state.max_tokens - len(row.state.tokens) for row in rows]
         # A block of b positions commits at most b tokens: draft no further than the longest need.
-        b = max(2, min(self.block_size, max(remaining)))
+        b = max(2, min(self.block_sizer.choose() if self.block_sizer else self.block_size, max(remaining)))
         lasts = [row.state.tokens[-1] for row in rows]
 
         with mx.stream(generation_stream):
-            tic = time.perf_counter()
+            step_start = tic = time.perf_counter()
             # Each row's unseen context features, right-padded to the longest: the drafter's cache
             # takes them all, the padding is masked out, then forgotten.
             lengths = [row.context.shape[1] for row in rows]
@@ -130,19 +133,25 @@ class BatchDecoder:
             draft_time = time.perf_counter() - tic
 
             tic = time.perf_counter()
-            tokens = mx.concatenate([mx.array(lasts)[:, None], proposals], axis=1)
-            verified = adapter.verify(tokens, self.target_cache, config.target_layer_ids)
+            blocks = mx.concatenate([mx.array(lasts)[:, None], proposals], axis=1)
+            verified = adapter.verify(blocks, self.target_cache, config.target_layer_ids)
             target_logits = adapter.lm_head(verified.hidden)
-            committed = []
-            for i, row in enumerate(rows):
-                accepted = row.acceptance.accept(proposals[i], draft_logits[i], target_logits[i], row.state)
-                row.state.stats.acceptance_lengths.append(len(accepted))
-                committed.append(accepted[: remaining[i]])  # a block may commit more than is left
+            accepted = [row.acceptance.accept(proposals[i], draft_logits[i], target_logits[i], row.state)
+                        for i, row in enumerate(rows)]  # fmt: skip
+            for row, tokens in zip(rows, accepted):
+                row.state.stats.acceptance_lengths.append(len(tokens))
+                row.state.stats.block_sizes.append(b)
+            if self.block_sizer:
+                seconds_per_row = (time.perf_counter() - step_start) / len(rows)
+                for tokens in accepted:
+                    self.block_sizer.record(b, accepted=len(tokens) - 1, seconds=seconds_per_row)
+            # A block may commit more than is left.
+            committed = [tokens[:left] for tokens, left in zip(accepted, remaining)]
             # Each row keeps the positions of [last, its accepted proposals].
-            verified.commit([len(accepted) for accepted in committed])
-            for i, (row, accepted) in enumerate(zip(rows, committed)):
-                row.context = verified.taps[i : i + 1, : len(accepted)]
-                row.state.tokens.extend(accepted)
+            verified.commit([len(tokens) for tokens in committed])
+            for i, (row, tokens) in enumerate(zip(rows, committed)):
+                row.context = verified.taps[i : i + 1, : len(tokens)]
+                row.state.tokens.extend(tokens)
             verify_time = time.perf_counter() - tic
         for row in rows:  # every row waited for the whole passes
             row.state.stats.draft_time += draft_time
@@ -168,7 +177,7 @@ def batch_generate(
     prompts: Sequence,
     max_tokens: int = 256,
     *,
-    block_size: Optional[int] = None,
+    block_size: Union[int, str, None] = None,
     chat: bool = False,
     thinking: Optional[bool] = None,
     acceptance: Optional[Acceptance] = None,

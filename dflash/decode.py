@@ -54,6 +54,12 @@ def check_max_tokens(max_tokens: int) -> None:
         raise DFlashError(f"max tokens must be at least 1, got {max_tokens}")
 
 
+def check_block_size(model: DFlashModel, block_size: Union[int, str, None]) -> None:
+    """A block size is "auto", None (the drafter's) or between 2 and the drafter's."""
+    if block_size not in (AUTO, None) and not 2 <= block_size <= model.block_size:
+        raise DFlashError(f"block size must be between 2 and the drafter's {model.block_size}, got {block_size}")
+
+
 def start(
     model: DFlashModel,
     *,
@@ -70,9 +76,8 @@ def start(
     `block_size` "auto" chooses every step's block (dflash/block_size.py). `draft_window` bounds
     the drafter's context to the last that many committed positions (DFlashDraftModel.make_cache)."""
     check_max_tokens(max_tokens)
+    check_block_size(model, block_size)
     auto = block_size == AUTO
-    if not auto and block_size is not None and not 2 <= block_size <= model.block_size:
-        raise DFlashError(f"block size must be between 2 and the drafter's {model.block_size}, got {block_size}")
     if draft_window is not None and draft_window < 1:
         raise DFlashError(f"the drafter's context window must be at least 1 position, got {draft_window}")
     if seed is None:

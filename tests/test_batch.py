@@ -1,5 +1,7 @@
 """Batched speculative decoding: every sequence of a batch is token for token what it gets alone."""
 
+import json
+
 import pytest
 
 import dflash
@@ -8,6 +10,7 @@ from dflash.acceptance import make_acceptance
 from dflash.batch import BatchDecoder, batch_generate
 from dflash.generate import collect, plain_generate
 from dflash.sampling import SamplingSettings
+from eval.cli import main as eval_main
 from tests.helpers import OracleProposals, prompt_of
 
 LENGTHS = [3, 17, 40, 1, 90]  # distinct: the oracle tells the rows apart by their prompt length
@@ -64,6 +67,19 @@ def test_stop_tokens_early_finishes_and_a_sequence_joining_midway(make_pair):
     assert [r.finish_reason for r in results][1:4] == ["stop", "length", "stop"]
 
 
+def test_auto_block_size_is_exact_and_shared_by_the_rows(make_pair):
+    model, tokenizer = dflash.load(*make_pair("llama"))
+    singles = [plain_generate(model.adapter, tokenizer, p, 40).tokens for p in prompts()]
+    oracle = RowOracle({n: s for n, s in zip(LENGTHS, singles)}, model.adapter.vocab_size, miss_every=5)
+    results = batch_generate(model, tokenizer, prompts(), 40, acceptance=oracle, block_size="auto")
+    assert [r.tokens for r in results] == singles
+    sizes = [r.stats.block_sizes for r in results]
+    assert all(s == sizes[0][: len(s)] for s in sizes)  # one block size per step for the whole batch
+    assert sizes[0][:2] == [16, 2] and len(set(sizes[0])) > 2  # probes the extremes, then chooses
+    with pytest.raises(DFlashError, match="block size must be between 2"):
+        BatchDecoder(model, tokenizer, block_size=17)
+
+
 @pytest.mark.slow  # whole batches on every family; the join/leave test stays fast
 @pytest.mark.parametrize("rule", ["speculative", "match"])
 def test_sampled_sequences_follow_their_own_seeds(make_pair, rule):
@@ -88,3 +104,18 @@ def test_refusals(make_pair):
         batch_generate(model, tokenizer, prompts(), 8, seeds=[1, 2])
     with pytest.raises(DFlashError, match="max tokens must be at least 1"):
         batch_generate(model, tokenizer, prompts(), 0)
+
+
+def test_throughput_benchmark_checks_every_batched_sequence(make_pair, tmp_path):
+    target, draft = make_pair("llama", block_size=4)
+    suite = tmp_path / "mini.jsonl"
+    suite.write_text('{"prompt": "def add(a, b):"}\n{"prompt": "The quick brown fox"}\n{"prompt": "x = 1"}\n')
+    out = tmp_path / "report"
+    eval_main(["batch", "--target-model", target, "--draft-model", draft, "--suite", str(suite), "--batch-sizes", "1,3",
+               "--max-tokens", "6", "--repeats", "1", "--out", str(out)])  # fmt: skip
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    assert [row["batch_size"] for row in rows] == [1, 3] and all(row["exact"] for row in rows)
+    for name in ("sequential", "batched", "batched_auto", "plain_batched"):
+        assert rows[1][name]["median"] > 0
+    assert rows[1]["batched_auto_over_plain_batched"] == rows[1]["batched_auto"]["median"] / rows[1]["plain_batched"]["median"]
+    assert "block auto" in (out / "report.md").read_text() and (out / "throughput.png").stat().st_size > 0
