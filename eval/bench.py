@@ -25,6 +25,7 @@ from dflash.sampling import SamplingSettings
 from dflash.stats import GenerationStats
 
 from .exactness import divergence_record
+from .loops import loop_figures
 from .suites import Prompt
 
 PLAIN, DFLASH, MLX_SPECULATIVE = "plain", "dflash", "mlx_speculative"
@@ -238,7 +239,7 @@ def gains(methods: dict, name: str) -> dict:
 
 
 def method_figures(runs: dict, name: str, indices: List[int], divergences: Optional[list]) -> dict:
-    """Speed, acceptance and exactness of one method over the prompts `indices`. Speeds are
+    """Speed, acceptance, exactness and loops of one method over the prompts `indices`. Speeds are
     suite-level (all tokens over all time) per repeat, then median/min/max over repeats."""
     repeats = range(len(runs[name]))
     tokens = [sum(len(runs[name][r][i].tokens) for i in indices) for r in repeats]
@@ -251,6 +252,9 @@ def method_figures(runs: dict, name: str, indices: List[int], divergences: Optio
         "generated_tokens": tokens[0],
         "tokens_per_second": spread(tokens_per_second),
         "peak_memory_gb": max(runs[name][r][i].peak_memory_gb for r in repeats for i in indices),
+        # The first repeat's tokens, as for tau: sampled repeats differ, but any one of them shows
+        # how often the method's output loops.
+        "loops": loop_figures([runs[name][0][i].tokens for i in indices]),
     }
     if name == PLAIN:
         return figures

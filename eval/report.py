@@ -9,6 +9,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .bench import DFLASH, MLX_SPECULATIVE, PLAIN, method_name
+from .loops import MAX_PERIOD, MIN_RUN
 
 SCHEMA_VERSION = 1
 SPEEDUP_CHART, ACCEPTANCE_CHART = "speedup.png", "acceptance.png"
@@ -103,6 +104,7 @@ def markdown(report: dict) -> str:
         group_section(report),
         histogram_section(report),
         divergence_section(report),
+        loop_section(report),
         f"![speedup]({SPEEDUP_CHART})\n\n![tokens per step]({ACCEPTANCE_CHART})",
     ]
     return "\n\n".join(section for section in sections if section) + "\n"
@@ -147,6 +149,7 @@ def setup_section(report: dict) -> str:
 def summary_section(report: dict) -> str:
     rows = []
     for name, figures in report["methods"].items():
+        loops = figures["loops"]
         rows.append(
             [
                 method_name(name),
@@ -154,14 +157,24 @@ def summary_section(report: dict) -> str:
                 "1.00x" if name == PLAIN else with_range(figures["speedup"], ".2f", "x"),
                 number(figures.get("mean_acceptance")),
                 number(figures.get("exact_match_rate"), ".0%"),
+                f"{number(loops['cycle_share'], '.0%')} ({loops['prompts_looping']}/{len(report['prompts'])} prompts)",
                 number(figures["peak_memory_gb"], ".3g", " GB"),
             ]
         )
-    header = ["Method", "tokens/s median (min–max)", "speedup median (min–max)", "tau", "exact match", "peak memory"]
+    header = [
+        "Method",
+        "tokens/s median (min–max)",
+        "speedup median (min–max)",
+        "tau",
+        "exact match",
+        "loop share",
+        "peak memory",
+    ]
     return (
         "## Summary\n\n"
         "Speedup: a method's tokens/s over plain decoding's in the same repeat (methods interleaved "
-        "prompt by prompt), median and range over repeats.\n\n" + table(header, rows)
+        "prompt by prompt), median and range over repeats. Loop share: the generated tokens inside "
+        "cycles ([Loops](#loops)), and how many prompts' outputs fall into one.\n\n" + table(header, rows)
     )
 
 
@@ -277,6 +290,33 @@ def divergence_section(report: dict) -> str:
         title + f"A gap up to {report['config']['tie_gap']} with the two tokens the target's top two is a near-tie "
         "that rounding can flip; anything else is a mismatch to investigate.\n\n" + table(header, rows)
     )
+
+
+def loop_section(report: dict) -> str:
+    """The prompts on which some method's output falls into a cycle: per method, the position in
+    the output where its first cycle starts and the share of the output inside cycles."""
+    names = list(report["methods"])
+    rows = []
+    for prompt in report["prompts"]:
+        loops = [prompt["methods"][name]["loops"] for name in names]
+        if any(entry["prompts_looping"] for entry in loops):
+            rows.append([f"{prompt['suite']}/{prompt['id']}"] + [first_cycle_and_share(entry) for entry in loops])
+    title = (
+        "## Loops\n\n"
+        f"A cycle: a pattern of 1 to {MAX_PERIOD} tokens that occurs at least three times in a row, its "
+        f"repeats after the first occurrence spanning at least {MIN_RUN} tokens (eval/loops.py). First cycle: "
+        "where in the output the first one starts; share: the output's tokens inside cycles. A drafter "
+        "predicts a cycle trivially, so tau and speedup on outputs that loop overstate those on text that "
+        "does not.\n\n"
+    )
+    if not rows:
+        return title + "None: no method's output fell into a cycle."
+    header = ["prompt"] + [f"{method_name(name)} first cycle (share)" for name in names]
+    return title + table(header, rows)
+
+
+def first_cycle_and_share(loops: dict) -> str:
+    return f"{number(loops['first_cycle_median'], 'd')} ({number(loops['cycle_share'], '.0%')})"
 
 
 def write_speedup_chart(report: dict, path: Path) -> None:
