@@ -19,6 +19,7 @@ from dflash.engine import Request
 from dflash.generate import collect
 from dflash.sampling import SamplingSettings
 from dflash.server.cli import build_parser, listen, make_server
+from dflash.server.cli import main as serve_main
 from dflash.server.protocol import model_names
 from eval.cli import main as eval_main
 from eval.serve_load import ServerProcess
@@ -223,9 +224,17 @@ def test_a_signal_shuts_the_server_down_within_seconds_without_a_traceback(make_
     assert events and events[-1]["error"]["code"] == "shutting_down"
 
 
+def test_a_bad_block_size_stops_the_server_at_startup(make_pair, capsys):
+    assert serve_main(["--port", "0", *server_argv(make_pair), "--block-size", "99"]) == 2
+    err = capsys.readouterr().err
+    assert "block size must be between 2 and the drafter's 16, got 99" in err and "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_serve_load_eval_on_the_tiny_pair(make_pair, capsys):
-    eval_main(["serve-load", "--requests", "8", "--max-tokens", "16", "--json", "--", *server_argv(make_pair)])
+    """Requests sharing target passes with the block size chosen for the batch: each text its lone one."""
+    eval_main(["serve-load", "--requests", "8", "--max-tokens", "16", "--json", "--", *server_argv(make_pair),
+               "--block-size", "auto"])  # fmt: skip
     report = json.loads(capsys.readouterr().out)
     assert report["finished"] == report["equal_texts"] == 8
     assert report["concurrent"]["tokens"] == report["sequential"]["tokens"] == 8 * 16

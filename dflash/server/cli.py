@@ -12,7 +12,7 @@ import uvicorn
 
 from adapters.errors import DFlashError
 
-from ..cli import add_model_options, engine_from
+from ..cli import add_model_options, block_size_option, engine_from
 from .app import create_app
 from .protocol import model_names
 from .scheduler import Scheduler
@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     server.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free one)")
     server.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    server.add_argument("--block-size", type=block_size_option,
+                        help="draft block size of every request, or auto: chosen every step for the batch of requests "
+                        "from their measured acceptance and step costs (default: the drafter's)")
     add_model_options(parser)
     return parser
 
@@ -47,7 +50,7 @@ class Server(uvicorn.Server):
 def make_server(args) -> Server:
     """Load the models (a DFlashError if they do not load) and build the server for `args`."""
     engine = engine_from(args)
-    scheduler = Scheduler(engine)
+    scheduler = Scheduler(engine, args.block_size)
     scheduler.start()
     app = create_app(scheduler, model_names(engine))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import jinja2
 
@@ -27,6 +27,7 @@ from adapters.routing import EXPERT, RouteDecision
 
 from ..acceptance import make_acceptance
 from ..batch import BatchDecoder
+from ..decode import check_block_size
 from ..engine import Engine, Request
 from ..generate import encode_prompt
 from ..stats import GenerationStats
@@ -114,8 +115,9 @@ class Metrics:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, block_size: Union[int, str, None] = None):
         self.engine = engine
+        self.block_size = block_size  # of every expert-route request; None: the pair's
         self.pending: queue.Queue = queue.Queue()
         self.active: deque = deque()
         self.metrics = Metrics()
@@ -155,11 +157,12 @@ class Scheduler:
         try:
             # Load everything the served names use now, not in the first requests.
             self.engine.expert, self.engine.fast, self.engine.router  # noqa: B018
+            check_block_size(self.engine.expert[0], self.block_size)
         except BaseException as e:  # noqa: BLE001  (handed to start())
             loaded.set_exception(e)
             return
         try:
-            self.batch = BatchDecoder(*self.engine.expert, block_size=self.engine.pair.block_size)
+            self.batch = BatchDecoder(*self.engine.expert, block_size=self.block_size or self.engine.pair.block_size)
         except DFlashError as e:
             logger.info("requests decode one at a time: %s", e)
         loaded.set_result(None)
@@ -252,6 +255,8 @@ class Scheduler:
         request = job.request
         if job.messages is not None:
             request = replace(request, prompt=job.messages)
+        if self.block_size is not None:
+            request = replace(request, block_size=self.block_size)
         if job.decision.route != EXPERT or self.batch is None:
             job.responses = self.engine.stream(request, job.decision.route)
             return
