@@ -19,7 +19,9 @@ Cache kinds and how `commit` rolls them back:
   attention to the window: mlx-lm's rotating cache cannot be trimmed once it has wrapped around;
 - a recurrent state (an ArraysCache: GatedDeltaNet's conv and recurrent state) is restored from
   the state before the pass and the accepted prefix is run through the layer's recurrence again
-  (`replay`, which the family's adapter provides). A full accept needs neither.
+  (`replay`, which the family's adapter provides). A full accept needs neither. In a batch whose
+  rows keep different counts, one replay serves every row: the cache's per-row `lengths` make
+  mlx-lm's recurrence leave a row's state alone past its count.
 """
 
 from dataclasses import dataclass
@@ -132,18 +134,21 @@ class DecoderAdapter:
         length = tokens.shape[1]
 
         def commit(n) -> None:
-            if isinstance(n, list):  # a batch: each row keeps its own number of positions
-                for cache in caches:
-                    cache.forget([length - kept for kept in n])
-                return
-            if n == length:
+            ragged = isinstance(n, list)  # a batch: each row keeps its own number of positions
+            kept = n if ragged else [n]
+            if min(kept) == length:
                 return
             for cache in caches:
-                if not isinstance(cache, ArraysCache):
+                if ragged and not isinstance(cache, ArraysCache):
+                    cache.forget([length - k for k in kept])
+                elif not isinstance(cache, ArraysCache):
                     cache.trim(length - n)
             for layer, cache, before, inputs in recurrent:
                 cache.cache = before
-                self.replay(layer, inputs[:, :n], cache)
+                if min(kept) < max(kept):  # the recurrence's padding mask stops each row at its own length
+                    cache.lengths = mx.array(kept)
+                self.replay(layer, inputs[:, : max(kept)], cache)
+                cache.lengths = None
 
         return Verification(self.decoder.norm(h), taps, commit)
 

@@ -1,9 +1,11 @@
 """Batched speculative decoding: one drafter pass drafts a block for every active sequence, one
 target pass verifies all the blocks, and each sequence accepts its own prefix.
 
-Layout. The target's and the drafter's caches are `RaggedKVCache`s (adapters/ragged.py): each row
-starts at the front of the buffer and has its own length, which RoPE and the masks read. After a
-verify pass row i keeps n_i of the block's positions and simply forgets the rest: no data moves.
+Layout. The target's and the drafter's KV caches are `RaggedKVCache`s (adapters/ragged.py): each
+row starts at the front of the buffer and has its own length, which RoPE and the masks read. After
+a verify pass row i keeps n_i of the block's positions and simply forgets the rest: no data moves.
+A hybrid target's recurrent states are mlx-lm ArraysCaches, one row per sequence; the adapter's
+commit replays each row's accepted prefix from the state before the pass (adapters/base.py).
 The drafter's cache grows by a ragged n_i context features per row the same way: the features go
 in right-padded, the padding is masked during the pass and forgotten after it. (A left-padded
 mlx-lm BatchKVCache would have to roll each row's whole history by its own amount every step;
@@ -21,7 +23,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
 from mlx_lm.generate import generation_stream
-from mlx_lm.models.cache import KVCache
+from mlx_lm.models.cache import ArraysCache
 
 from adapters.errors import DFlashError
 from adapters.loading import DTYPES
@@ -50,9 +52,6 @@ class BatchDecoder:
                  acceptance: Optional[Acceptance] = None):  # fmt: skip
         if any(kind == "sliding_attention" for kind in model.draft.config.layer_types):
             raise DFlashError("batched decoding does not support drafters with sliding-window layers yet")
-        if any(type(cache) is not KVCache for cache in model.adapter.make_cache()):
-            raise DFlashError(f"batched decoding does not support {model.adapter.family} targets yet (recurrent "
-                              "layers, or quantized caches): generate one sequence at a time")
         decode.check_block_size(model, block_size)
         self.model, self.tokenizer = model, tokenizer
         auto = block_size == AUTO
@@ -77,7 +76,9 @@ class BatchDecoder:
         respond = Responder(self.tokenizer, self.stop_tokens, max_tokens, stats)
         state = decode.start(model, max_tokens=max_tokens, block_size=self.block_size, seed=seed, stats=stats)
         decode.prefill(model, state, mx.array(prompt_ids), acceptance)
-        target_row = [RaggedKVCache.from_cache(cache) for cache in state.target_cache]
+        # Recurrent states (ArraysCache) batch as they are: one row of fixed-size arrays per sequence.
+        target_row = [cache if isinstance(cache, ArraysCache) else RaggedKVCache.from_cache(cache)
+                      for cache in state.target_cache]  # fmt: skip
         config = model.draft.config
         draft_row = [RaggedKVCache.empty(config.num_key_value_heads, config.head_dim, DTYPES[model.dtype])
                      for _ in model.draft.layers]  # fmt: skip

@@ -124,7 +124,7 @@ class Scheduler:
         self.lock = threading.Lock()  # between submit and the worker's closing
         self.deadline: Optional[float] = None  # once closing: when the open jobs are cut off
         self.thread: Optional[threading.Thread] = None
-        self.batch: Optional[BatchDecoder] = None  # the expert route's shared decoder, when the target allows
+        self.batch: Optional[BatchDecoder] = None  # the expert route's shared decoder, when the drafter allows
         self.batched: Dict[int, Job] = {}  # batch row uid -> job
 
     def start(self) -> None:
