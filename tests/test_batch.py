@@ -126,6 +126,7 @@ def test_refusals(make_pair):
         batch_generate(model, tokenizer, prompts(), 0)
 
 
+@pytest.mark.slow  # a whole benchmark run
 def test_throughput_benchmark_checks_every_batched_sequence(make_pair, tmp_path):
     target, draft = make_pair("llama", block_size=4)
     suite = tmp_path / "mini.jsonl"
