@@ -16,7 +16,8 @@ import dflash
 from adapters.errors import DFlashError
 from dflash.generate import encode_prompt, plain_generate
 from tests.helpers import REPO, make_tiny_data, metrics, tiny_config, weights
-from train.dflash_train import train
+from dflash.model import DFlashDraftModel, DraftConfig
+from train.dflash_train import copy_target_layers, train
 from train.hidden_states import precompute
 
 pytestmark = pytest.mark.slow  # whole training runs
@@ -114,3 +115,19 @@ def test_a_hybrid_target_regenerates_precomputes_and_trains(tmp_path):
     prompt_ids = encode_prompt(model.adapter, tokenizer, "Speculative decoding drafts a block", chat=True)
     result = dflash.generate(model, tokenizer, prompt_ids, max_tokens=30)
     assert result.tokens == plain_generate(model.adapter, tokenizer, prompt_ids, 30).tokens
+
+
+def test_init_from_target_starts_the_draft_layers_as_the_targets_last(llama, tmp_path):
+    target, data_dir = llama
+    model, _ = dflash.load(str(target), str(train(tiny_config(target, data_dir, tmp_path / "run", max_steps=1,
+                                                               eval_prompts=0, init_from_target=True))))  # fmt: skip
+    draft = DFlashDraftModel(model.draft.config)
+    copy_target_layers(draft, model.adapter)
+    for layer, source in zip(draft.layers, model.adapter.layers[-2:]):
+        own, theirs = dict(tree_flatten(layer.parameters())), dict(tree_flatten(source.parameters()))
+        for name in ("self_attn.q_proj.weight", "self_attn.o_proj.weight", "mlp.down_proj.weight", "input_layernorm.weight"):
+            assert mx.array_equal(own[name], theirs[name]).item()
+        assert mx.array_equal(layer.self_attn.q_norm.weight, mx.ones_like(layer.self_attn.q_norm.weight)).item()
+    too_deep = DraftConfig(**{**vars(model.draft.config), "num_hidden_layers": 7, "layer_types": None})
+    with pytest.raises(DFlashError, match="7 draft layers, the target has 6"):
+        copy_target_layers(DFlashDraftModel(too_deep), model.adapter)

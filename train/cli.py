@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--grad-clip", type=float, default=DEFAULTS.grad_clip)
     run.add_argument("--residual-init-scale", type=float, default=DEFAULTS.residual_init_scale,
                      help="initial scale of the layers' residual-writing projections")  # fmt: skip
+    run.add_argument("--init-from-target", action="store_true",
+                     help="start the draft layers as copies of the target's last layers (instead of a fresh init "
+                     "with --residual-init-scale)")  # fmt: skip
     run.add_argument("--seed", type=int, default=DEFAULTS.seed)
     run.add_argument("--save-every", type=positive_int, default=DEFAULTS.save_every)
     run.add_argument("--keep-checkpoints", type=positive_int, default=DEFAULTS.keep_checkpoints)

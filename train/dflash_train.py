@@ -19,7 +19,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from tqdm import tqdm
 
 from adapters.errors import DFlashError
@@ -39,7 +39,7 @@ MASK_TOKEN_NAMES = ("<|mask|>", "<|MASK|>", "<mask>", "[MASK]")
 TRAJECTORY_FIELDS = (
     "target", "data", "draft_layers", "block_size", "target_layer_ids", "mask_token_id", "anchors", "gamma",
     "max_length", "epochs", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "residual_init_scale", "seed",
-    "eval_prompts",
+    "eval_prompts", "init_from_target",
 )  # fmt: skip
 
 
@@ -64,6 +64,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     residual_init_scale: float = 0.05  # see scale_residual_writes
+    init_from_target: bool = False  # start the draft layers as the target's last layers (copy_target_layers)
     seed: int = 0
     save_every: int = 100
     keep_checkpoints: int = 2
@@ -124,6 +125,22 @@ def scale_residual_writes(draft: DFlashDraftModel, scale: float) -> None:
     for layer in draft.layers:
         layer.self_attn.o_proj.weight = layer.self_attn.o_proj.weight * scale
         layer.mlp.down_proj.weight = layer.mlp.down_proj.weight * scale
+
+
+def copy_target_layers(draft: DFlashDraftModel, adapter) -> None:
+    """Start draft layer i as target layer L - n + i (n draft layers, L target layers): every
+    parameter the two layers share by name and shape (attention projections, MLP, norms); the
+    rest (say q_norm/k_norm under a Llama target, or the MLP under an MoE one) keeps its fresh
+    init. The last target layers write what the target's final norm and LM head read, which is
+    what the drafter's output goes through."""
+    if len(draft.layers) > adapter.num_layers:
+        raise DFlashError(f"--init-from-target: {len(draft.layers)} draft layers, the target has {adapter.num_layers}")
+    for layer, source in zip(draft.layers, adapter.layers[-len(draft.layers) :]):
+        own = dict(tree_flatten(layer.parameters()))
+        shared = [(k, v) for k, v in tree_flatten(source.parameters()) if k in own and own[k].shape == v.shape]
+        if not any(k.startswith("self_attn.") for k, _ in shared):
+            raise DFlashError("--init-from-target: the target's attention layers differ in shape from the drafter's")
+        layer.update(tree_unflatten(shared))
 
 
 def block_loss(draft, adapter, blocks, hidden):
@@ -193,7 +210,10 @@ def train(config: TrainConfig) -> Path:
 
     mx.random.seed(config.seed)
     draft = DFlashDraftModel(draft_config)
-    scale_residual_writes(draft, config.residual_init_scale)
+    if config.init_from_target:
+        copy_target_layers(draft, adapter)
+    else:
+        scale_residual_writes(draft, config.residual_init_scale)
     schedule = learning_rate_schedule(config.lr, round(config.warmup * total_steps), total_steps)
     optimizer = optim.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
     optimizer.init(draft.trainable_parameters())
