@@ -139,9 +139,11 @@ class DecoderAdapter:
             if min(kept) == length:
                 return
             for cache in caches:
-                if ragged and not isinstance(cache, ArraysCache):
+                if isinstance(cache, ArraysCache):
+                    continue
+                if ragged:
                     cache.forget([length - k for k in kept])
-                elif not isinstance(cache, ArraysCache):
+                else:
                     cache.trim(length - n)
             for layer, cache, before, inputs in recurrent:
                 cache.cache = before
