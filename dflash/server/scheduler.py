@@ -3,7 +3,7 @@
 Handlers `submit` jobs; the worker admits them and goes round in cycles. A new job is routed and
 prefilled. Jobs on the expert route join one `BatchDecoder` (dflash/batch.py): each cycle runs one
 batched step, a drafter pass and a target pass shared by all of them; jobs on the fast route (and
-on targets the batch does not support) take one step of their own generator each. Every step's
+with drafters the batch does not support) take one step of their own generator each. Every step's
 text goes to the job's asyncio queue, which its handler reads. Each request has its own DecodeState (or mlx-lm
 cache) and its own random stream (dflash/generate.py), so an answer is the same whatever it was
 interleaved with.
