@@ -128,6 +128,8 @@ def test_init_from_target_starts_the_draft_layers_as_the_targets_last(llama, tmp
         for name in ("self_attn.q_proj.weight", "self_attn.o_proj.weight", "mlp.down_proj.weight", "input_layernorm.weight"):
             assert mx.array_equal(own[name], theirs[name]).item()
         assert mx.array_equal(layer.self_attn.q_norm.weight, mx.ones_like(layer.self_attn.q_norm.weight)).item()
+    with pytest.raises(DFlashError, match="other settings .*init_from_target"):  # a run is resumed as it started
+        train(tiny_config(target, data_dir, tmp_path / "run", max_steps=2, eval_prompts=0))
     too_deep = DraftConfig(**{**vars(model.draft.config), "num_hidden_layers": 7, "layer_types": None})
     with pytest.raises(DFlashError, match="7 draft layers, the target has 6"):
         copy_target_layers(DFlashDraftModel(too_deep), model.adapter)

@@ -39,7 +39,7 @@ MASK_TOKEN_NAMES = ("<|mask|>", "<|MASK|>", "<mask>", "[MASK]")
 TRAJECTORY_FIELDS = (
     "target", "data", "draft_layers", "block_size", "target_layer_ids", "mask_token_id", "anchors", "gamma",
     "max_length", "epochs", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "residual_init_scale", "seed",
-    "eval_prompts", "init_from_target",
+    "eval_prompts",
 )  # fmt: skip
 
 
@@ -218,6 +218,8 @@ def train(config: TrainConfig) -> Path:
     optimizer = optim.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
     optimizer.init(draft.trainable_parameters())
     settings = {**{k: asdict(config)[k] for k in TRAJECTORY_FIELDS}, "num_sequences": len(sequences)}
+    if config.init_from_target:  # recorded only when on, so that runs from before the option still resume
+        settings["init_from_target"] = True
 
     step, run_id = 0, None
     if rank == 0:
