@@ -5,10 +5,9 @@ one after another with DFlash, and against mlx-lm's plain batched decoding of th
 
 For every batch size B, the first B prompts of the suites (cycled when B is larger) are generated
 greedily by every method (batched DFlash at the drafter's block and at block "auto"), interleaved
-over the repeats. A method's aggregate tokens/s is all
-its generated tokens over the wall time of the whole batch, prompt processing included. Every
-batched DFlash sequence is checked against its one-after-another DFlash output. Writes
-report.json, report.md and throughput.png.
+over the repeats. A method's aggregate tokens/s is all its generated tokens over the wall time of
+the whole batch, prompt processing included. Every batched DFlash sequence is checked against its
+one-after-another DFlash output. Writes report.json, report.md and throughput.png.
 """
 
 import argparse
