@@ -23,7 +23,7 @@ from dflash.loading import DRAFT_BITS
 from dflash.sampling import SamplingSettings
 from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
-from .batch import add_batch
+from .batch import add_batch, positive_ints
 from .bench import analyse, dflash_variants, method_name, run_benchmark
 from .environment import environment
 from .exactness import TIE_GAP
@@ -82,7 +82,7 @@ def add_bench(subcommands) -> None:
         "chooses every step's block from the measured step costs and acceptance",
     )
     parser.add_argument(
-        "--draft-window", type=listed(at_least(1)), default=[],
+        "--draft-window", type=positive_ints, default=[],
         help="drafter context windows to run beside today's (the whole context), comma-separated, e.g. 16,64: "
         "the drafter sees only the last N committed positions",
     )

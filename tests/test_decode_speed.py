@@ -136,6 +136,7 @@ def test_bench_runs_variants_side_by_side(make_pair, tmp_path):
         (["steps", "--prompt-lengths", "abc"], "expected comma-separated integers, got 'abc'"),
         (["steps", "--prompt-lengths", "0"], "expected integers of at least 1, got '0'"),
         (["batch", "--batch-sizes", "2,x"], "expected comma-separated integers, got '2,x'"),
+        (["bench", "--draft-window", "64,0"], "expected integers of at least 1, got '64,0'"),
     ],
 )
 def test_bad_lengths_and_batch_sizes_are_one_line(capsys, argv, message):
