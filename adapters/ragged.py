@@ -35,10 +35,6 @@ class RaggedKVCache:
     def offset(self) -> mx.array:
         return mx.array(self.lengths)
 
-    @property
-    def state(self):
-        return self.keys, self.values
-
     def update_and_fetch(self, keys: mx.array, values: mx.array):
         """Write each row's new positions at its own end; return every row's keys and values up to
         the longest row's end (the stale tail of shorter rows is masked)."""
