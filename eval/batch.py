@@ -10,7 +10,6 @@ the whole batch, prompt processing included. Every batched DFlash sequence is ch
 one-after-another DFlash output. Writes report.json, report.md and throughput.png.
 """
 
-import argparse
 import json
 import shlex
 import statistics
@@ -30,6 +29,7 @@ from dflash.generate import encode_prompt
 from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
 from .environment import environment
+from .options import positive_ints
 from .suites import load_suites, suite_hash
 
 METHODS = {
@@ -39,16 +39,6 @@ METHODS = {
     "plain_batched": "plain mlx-lm batch_generate",
 }
 BATCHED = ("batched", "batched_auto")
-
-
-def positive_ints(text: str) -> List[int]:
-    try:
-        values = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected integers of at least 1, got '{text}'")
-    return values
 
 
 def add_batch(subcommands) -> None:

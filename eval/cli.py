@@ -23,25 +23,16 @@ from dflash.loading import DRAFT_BITS
 from dflash.sampling import SamplingSettings
 from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
-from .batch import add_batch, positive_ints
+from .batch import add_batch
 from .bench import analyse, dflash_variants, method_name, run_benchmark
 from .environment import environment
 from .exactness import TIE_GAP
+from .options import at_least, positive_ints
 from .report import build_report, number, write_report
 from .router import add_router
 from .serve_load import add_serve_load
 from .steps import add_steps
 from .suites import HUB_SUITES, load_suites, suite_hash
-
-
-def at_least(minimum: int):
-    def integer(text: str) -> int:  # argparse names the function in its "invalid integer value" error
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return integer
 
 
 def add_bench(subcommands) -> None:

@@ -27,8 +27,8 @@ from dflash import decode
 from dflash.acceptance import GreedyAcceptance
 from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
-from .batch import positive_ints
 from .environment import environment
+from .options import at_least, positive_ints
 from .report import number, table
 
 NEW_CONTEXT = 4  # context positions a step hands the drafter: about what a step commits
@@ -91,8 +91,9 @@ def add_steps(subcommands) -> None:
     parser.add_argument("--draft-model", default=str(DEFAULT_DRAFT))
     parser.add_argument("--prompt-lengths", type=positive_ints, default=[128], help="comma-separated (default: 128)")
     parser.add_argument("--block-size", type=int, help="default: the drafter's")
-    parser.add_argument("--draft-window", type=int, help="also draft with the drafter's context kept to this window")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--draft-window", type=at_least(1),
+                        help="also draft with the drafter's context kept to this window")
+    parser.add_argument("--repeats", type=at_least(1), default=20)
     parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
     parser.add_argument("--out", type=Path, default=Path("runs/steps"))
     parser.set_defaults(run=steps)

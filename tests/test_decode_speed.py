@@ -137,9 +137,11 @@ def test_bench_runs_variants_side_by_side(make_pair, tmp_path):
         (["steps", "--prompt-lengths", "0"], "expected integers of at least 1, got '0'"),
         (["batch", "--batch-sizes", "2,x"], "expected comma-separated integers, got '2,x'"),
         (["bench", "--draft-window", "64,0"], "expected integers of at least 1, got '64,0'"),
+        (["steps", "--repeats", "0"], "must be at least 1, got 0"),
+        (["steps", "--draft-window", "0"], "must be at least 1, got 0"),
     ],
 )
-def test_bad_lengths_and_batch_sizes_are_one_line(capsys, argv, message):
+def test_bad_eval_options_are_one_line(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         bench_main(argv)
     err = capsys.readouterr().err
