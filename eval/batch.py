@@ -22,14 +22,13 @@ from matplotlib.figure import Figure
 from mlx_lm.generate import batch_generate as mlx_batch_generate
 
 import dflash
-from adapters.errors import DFlashError
 from adapters.loading import DTYPE_CHOICES
 from dflash.batch import batch_generate
 from dflash.generate import encode_prompt
 from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
 from .environment import environment
-from .options import positive_ints
+from .options import at_least, positive_ints
 from .suites import load_suites, suite_hash
 
 METHODS = {
@@ -48,8 +47,8 @@ def add_batch(subcommands) -> None:
     parser.add_argument("--draft-model", default=str(DEFAULT_DRAFT))
     parser.add_argument("--suite", action="append", help="prompt suites, as for bench (default: offline)")
     parser.add_argument("--batch-sizes", type=positive_ints, default=[1, 2, 4, 8, 16, 32])
-    parser.add_argument("--max-tokens", type=int, default=128, help="new tokens per prompt")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-tokens", type=at_least(1), default=128, help="new tokens per prompt")
+    parser.add_argument("--repeats", type=at_least(1), default=3)
     parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
     parser.add_argument("--out", type=Path, default=Path("runs/batch"))
     parser.set_defaults(run=run_batch)
@@ -63,8 +62,6 @@ def timed(generate):
 
 def run_batch(args, argv: List[str]) -> None:
     max_tokens, repeats = args.max_tokens, args.repeats
-    if min(max_tokens, repeats) < 1:
-        raise DFlashError(f"--max-tokens and --repeats must be at least 1, got {max_tokens} and {repeats}")
     prompts = load_suites(args.suite or ["offline"], None)
     model, tokenizer = dflash.load(args.target_model, args.draft_model, dtype=args.dtype)
     prompt_ids = [encode_prompt(model.adapter, tokenizer, p.prompt, chat=True) for p in prompts]

@@ -138,6 +138,7 @@ def test_bench_runs_variants_side_by_side(make_pair, tmp_path):
         (["batch", "--batch-sizes", "2,x"], "expected comma-separated integers, got '2,x'"),
         (["bench", "--draft-window", "64,0"], "expected integers of at least 1, got '64,0'"),
         (["steps", "--repeats", "0"], "must be at least 1, got 0"),
+        (["batch", "--max-tokens", "0"], "must be at least 1, got 0"),
         (["steps", "--draft-window", "0"], "must be at least 1, got 0"),
     ],
 )
