@@ -6,40 +6,48 @@ whatever lies past its length is stale (a rejected draft's keys) and masked out.
 are written at each row's own end, and `offset` is the per-row length that RoPE reads. mlx-lm's
 BatchKVCache is left-padded instead: rolling a row back by its own amount means moving its
 whole history, a copy of the cache every step.
+
+Prompts of different lengths are prefilled together right-padded, through mlx-lm's cache protocol
+for that (`prepare(right_padding=...)` before the passes, `finalize()` after): the padding is
+forgotten like a rejected draft.
 """
 
 from typing import List, Optional
 
 import mlx.core as mx
-from mlx_lm.models.cache import KVCache
 
 STEP = 256  # positions the buffer grows by
 
 
 class RaggedKVCache:
-    def __init__(self, keys: mx.array, values: mx.array, lengths: List[int]):
+    def __init__(self, rows: int, keys: Optional[mx.array] = None, values: Optional[mx.array] = None):
+        """`rows` sequences with no positions yet. Without `keys` and `values` (empty buffers
+        [rows, kv_heads, 0, head_dim]) the buffers take their shape from the first update."""
         self.keys, self.values = keys, values  # [B, kv_heads, capacity, head_dim]
-        self.lengths = list(lengths)
+        self.lengths = [0] * rows
+        self.right_padding: Optional[List[int]] = None
 
     @classmethod
-    def from_cache(cls, cache: KVCache) -> "RaggedKVCache":
-        """One row holding a single sequence's KV cache."""
-        return cls(cache.keys[..., : cache.offset, :], cache.values[..., : cache.offset, :], [cache.offset])
-
-    @classmethod
-    def empty(cls, heads: int, head_dim: int, dtype) -> "RaggedKVCache":
-        """One row with no positions yet."""
-        return cls(mx.zeros((1, heads, 0, head_dim), dtype), mx.zeros((1, heads, 0, head_dim), dtype), [0])
+    def empty(cls, rows: int, heads: int, head_dim: int, dtype) -> "RaggedKVCache":
+        buffer = mx.zeros((rows, heads, 0, head_dim), dtype)
+        return cls(rows, buffer, buffer)
 
     @property
     def offset(self) -> mx.array:
         return mx.array(self.lengths)
+
+    @property
+    def state(self):
+        return self.keys, self.values
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
         """Write each row's new positions at its own end; return every row's keys and values up to
         the longest row's end (the stale tail of shorter rows is masked)."""
         new = keys.shape[2]
         end = max(self.lengths) + new
+        if self.keys is None:
+            self.keys = mx.zeros((*keys.shape[:2], 0, keys.shape[3]), keys.dtype)
+            self.values = mx.zeros((*values.shape[:2], 0, values.shape[3]), values.dtype)
         if end > self.keys.shape[2]:
             grow = ((end - self.keys.shape[2] + STEP - 1) // STEP) * STEP
             self.keys = mx.pad(self.keys, [(0, 0), (0, 0), (0, grow), (0, 0)])
@@ -64,8 +72,17 @@ class RaggedKVCache:
         """Row i forgets its last counts[i] positions."""
         self.lengths = [length - count for length, count in zip(self.lengths, counts)]
 
+    def prepare(self, *, right_padding: List[int], **kwargs) -> None:
+        """The next passes write row i's right_padding[i] padding positions after its tokens."""
+        self.right_padding = right_padding
+
+    def finalize(self) -> None:
+        """The padded passes are over: forget the padding."""
+        self.forget(self.right_padding)
+        self.right_padding = None
+
     def extend(self, other: "RaggedKVCache") -> None:
-        """Append `other`'s rows."""
+        """Append `other`'s rows (both caches have their buffers: a prefilled batch's have)."""
         capacity = max(self.keys.shape[2], other.keys.shape[2])
 
         def right_pad(array):

@@ -13,8 +13,9 @@ measured here, that copy cost as much as the batched verify pass itself at 8 row
 
 Each sequence keeps its own `DecodeState` (random key, statistics, committed tokens) and its own
 `Responder` (stop tokens, detokenising), so its output is what it gets alone: token for token when
-greedy, in distribution when sampling. Sequences join after a prefill of their own and leave when
-they finish, between steps (`BatchDecoder.insert` / `BatchDecoder.step`).
+greedy, in distribution when sampling. Sequences join between steps (`BatchDecoder.insert`), those
+arriving together prefilled in right-padded batches of similar lengths, and leave when they
+finish (`BatchDecoder.step`).
 """
 
 import time
@@ -35,6 +36,24 @@ from .block_size import AUTO, AutoBlockSize
 from .generate import GenerationResponse, GenerationResult, Responder, collect, encode_prompt
 from .loading import DFlashModel
 from .stats import GenerationStats
+
+# A prefill group's padded positions may exceed its prompts' tokens by this share.
+PADDING_SLACK = 0.25
+
+
+def length_groups(lengths: List[int]) -> List[List[int]]:
+    """The prompts' indices, shortest first, in the groups prefilled together: a group takes the
+    next longer prompt while right-padding every prompt to it stays within PADDING_SLACK."""
+    groups, tokens = [], 0
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if groups and lengths[i] * (len(groups[-1]) + 1) <= (1 + PADDING_SLACK) * (tokens + lengths[i]):
+            groups[-1].append(i)
+            tokens += lengths[i]
+        else:
+            groups.append([i])
+            tokens = lengths[i]
+    return groups
+
 
 @dataclass
 class Row:
@@ -65,38 +84,51 @@ class BatchDecoder:
         self.draft_cache: Optional[list] = None
         self.next_uid = 0
 
-    def insert(self, prompt_ids: List[int], max_tokens: int, seed: Optional[int] = None,
-               acceptance: Optional[Acceptance] = None) -> int:  # fmt: skip
-        """Prefill a sequence alone and add it to the batch; returns its uid. Its first response
-        (the token after the prompt) comes with the next `step`. `acceptance` (default: the
-        decoder's) may differ from row to row: each request has its own sampling settings."""
-        acceptance = acceptance or self.acceptance
-        model = self.model
-        stats = GenerationStats(prompt_tokens=len(prompt_ids))
-        respond = Responder(self.tokenizer, self.stop_tokens, max_tokens, stats)
-        state = decode.start(model, max_tokens=max_tokens, block_size=self.block_size, seed=seed, stats=stats)
-        decode.prefill(model, state, mx.array(prompt_ids), acceptance)
-        # Recurrent states (ArraysCache) batch as they are: one row of fixed-size arrays per sequence.
-        target_row = [cache if isinstance(cache, ArraysCache) else RaggedKVCache.from_cache(cache)
-                      for cache in state.target_cache]  # fmt: skip
-        config = model.draft.config
-        draft_row = [RaggedKVCache.empty(config.num_key_value_heads, config.head_dim, DTYPES[model.dtype])
-                     for _ in model.draft.layers]  # fmt: skip
-        if self.rows:
-            for batch, row in zip(self.target_cache + self.draft_cache, target_row + draft_row):
-                batch.extend(row)
-        else:
-            self.target_cache, self.draft_cache = target_row, draft_row
-        state.target_cache = state.draft_cache = None  # the batch holds them now
-        uid, self.next_uid = self.next_uid, self.next_uid + 1
-        self.rows.append(Row(uid, state, respond, acceptance, state.context))
-        return uid
+    def insert(self, prompts: List[List[int]], max_tokens: List[int], seeds: Optional[List[Optional[int]]] = None,
+               acceptances: Optional[List[Optional[Acceptance]]] = None) -> List[int]:  # fmt: skip
+        """Prefill sequences (token ids) together and add them to the batch; returns their uids.
+        Their first responses come with `first_responses` or the next `step`. A sequence's
+        `acceptance` (default: the decoder's) may differ from the others': each request has its
+        own sampling settings."""
+        model, config = self.model, self.model.draft.config
+        seeds = seeds or [None] * len(prompts)
+        acceptances = [acceptance or self.acceptance for acceptance in acceptances or [None] * len(prompts)]
+        states = [decode.start(model, max_tokens=n, block_size=self.block_size, seed=seed,
+                               stats=GenerationStats(prompt_tokens=len(prompt)))
+                  for prompt, n, seed in zip(prompts, max_tokens, seeds)]  # fmt: skip
+        responders = [Responder(self.tokenizer, self.stop_tokens, n, state.stats)
+                      for state, n in zip(states, max_tokens)]  # fmt: skip
+        uids = list(range(self.next_uid, self.next_uid + len(prompts)))
+        self.next_uid += len(prompts)
+        for group in length_groups([len(prompt) for prompt in prompts]):
+            # Recurrent states (ArraysCache) batch as they are: one row of fixed-size arrays per sequence.
+            target_cache = [cache if isinstance(cache, ArraysCache) else RaggedKVCache(len(group))
+                            for cache in model.adapter.make_cache()]  # fmt: skip
+            decode.prefill_together(model, [states[i] for i in group], [prompts[i] for i in group],
+                                    [acceptances[i] for i in group], target_cache)  # fmt: skip
+            draft_cache = [RaggedKVCache.empty(len(group), config.num_key_value_heads, config.head_dim,
+                                               DTYPES[model.dtype]) for _ in model.draft.layers]  # fmt: skip
+            if self.rows:
+                for batch, new in zip(self.target_cache + self.draft_cache, target_cache + draft_cache):
+                    batch.extend(new)
+            else:
+                self.target_cache, self.draft_cache = target_cache, draft_cache
+            for i in group:
+                states[i].target_cache = states[i].draft_cache = None  # the batch holds them now
+                self.rows.append(Row(uids[i], states[i], responders[i], acceptances[i], states[i].context))
+        return uids
 
-    def step(self) -> List[Tuple[int, GenerationResponse]]:
-        """Responses of one step: a row inserted since the last step first answers the token after
-        its prompt; then every row drafts and verifies one block. The rows that finish leave."""
+    def first_responses(self) -> List[Tuple[int, GenerationResponse]]:
+        """The first response (the token after the prompt) of every row inserted since the last
+        call, without waiting for a step. The rows that finish leave."""
         responses = [(row.uid, row.respond(list(row.state.tokens))) for row in self.rows if not row.respond.started]
         self.remove({uid for uid, response in responses if response.finish_reason is not None})
+        return responses
+
+    def step(self) -> List[Tuple[int, GenerationResponse]]:
+        """Responses of one step: the first responses of rows inserted since the last step, then
+        every row's from drafting and verifying one block. The rows that finish leave."""
+        responses = self.first_responses()
         if self.rows:
             committed = self.speculate()
             responses += [(row.uid, row.respond(tokens)) for row, tokens in zip(self.rows, committed)]
@@ -195,7 +227,7 @@ def batch_generate(
     decoder = BatchDecoder(model, tokenizer, block_size=block_size, acceptance=acceptance)
     prompt_ids = [encode_prompt(model.adapter, tokenizer, prompt, chat, thinking) for prompt in prompts]
     mx.reset_peak_memory()
-    uids = [decoder.insert(ids, max_tokens, seed) for ids, seed in zip(prompt_ids, seeds)]
+    uids = decoder.insert(prompt_ids, [max_tokens] * len(prompt_ids), seeds)
     responses = {uid: [] for uid in uids}
     while decoder.rows:
         for uid, response in decoder.step():

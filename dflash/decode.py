@@ -95,20 +95,43 @@ def start(
 
 def prefill(model: DFlashModel, state: DecodeState, prompt: mx.array, acceptance: Acceptance) -> List[int]:
     """Run the prompt through the target; returns [the first generated token]."""
+    prefill_together(model, [state], [prompt.tolist()], [acceptance], state.target_cache)
+    return state.tokens[:1]
+
+
+def prefill_together(model: DFlashModel, states: List[DecodeState], prompts: List[List[int]],
+                     acceptances: List[Acceptance], caches: list) -> None:  # fmt: skip
+    """Run several prompts through the target as one batch, `caches` holding a row for each, and
+    commit each state's first token. As mlx-lm's BatchGenerator does, prompts of different lengths
+    are right-padded to the longest, the caches told so (`prepare`/`finalize`) so that the
+    padding is masked and then dropped."""
     adapter, layer_ids = model.adapter, model.draft.config.target_layer_ids
+    heads = [prompt[:-1] for prompt in prompts]  # all but the last token, which goes with the others' last
+    lengths = [len(head) for head in heads]
+    longest = max(lengths)
+    padding = [longest - n for n in lengths]
+    padded = max(padding) > 0
     taps = []
     with mx.stream(generation_stream):
-        for begin in range(0, prompt.size - 1, PREFILL_STEP_SIZE):
-            chunk = adapter.verify(prompt[None, begin : min(begin + PREFILL_STEP_SIZE, prompt.size - 1)],
-                                   state.target_cache, layer_ids)  # fmt: skip
-            mx.eval(chunk.taps, [c.state for c in state.target_cache])
-            taps.append(chunk.taps)
-        last = adapter.verify(prompt[None, -1:], state.target_cache, layer_ids)
-        taps.append(last.taps)
-        state.context = mx.concatenate(taps, axis=1)
-        token = acceptance.first_token(adapter.lm_head(last.hidden)[0, -1], state)
-    state.tokens.append(token)
-    return [token]
+        if padded:
+            for cache in caches:
+                cache.prepare(lengths=lengths, right_padding=padding)
+        for begin in range(0, longest, PREFILL_STEP_SIZE):
+            width = min(PREFILL_STEP_SIZE, longest - begin)
+            pieces = [head[begin : begin + width] for head in heads]
+            passed = adapter.verify(mx.array([piece + [0] * (width - len(piece)) for piece in pieces]), caches,
+                                    layer_ids)  # fmt: skip
+            mx.eval(passed.taps, [cache.state for cache in caches])
+            taps.append(passed.taps)
+        if padded:
+            for cache in caches:
+                cache.finalize()
+        last = adapter.verify(mx.array([prompt[-1:] for prompt in prompts]), caches, layer_ids)
+        taps = mx.concatenate(taps + [last.taps], axis=1)  # [rows, longest + 1, n_taps * D]
+        logits = adapter.lm_head(last.hidden)
+        for i, (state, acceptance, n) in enumerate(zip(states, acceptances, lengths)):
+            state.context = mx.concatenate([taps[i : i + 1, :n], taps[i : i + 1, -1:]], axis=1)
+            state.tokens.append(acceptance.first_token(logits[i, -1], state))
 
 
 def step(model: DFlashModel, state: DecodeState, acceptance: Acceptance) -> List[int]:

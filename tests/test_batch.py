@@ -9,7 +9,7 @@ from mlx_lm.models.cache import ArraysCache
 import dflash
 from adapters.errors import DFlashError
 from dflash.acceptance import GreedyAcceptance, make_acceptance
-from dflash.batch import BatchDecoder, batch_generate
+from dflash.batch import BatchDecoder, batch_generate, length_groups
 from dflash.generate import collect, plain_generate
 from dflash.sampling import SamplingSettings
 from eval.cli import main as eval_main
@@ -54,8 +54,8 @@ def test_a_ragged_commit_leaves_each_recurrent_row_where_its_single_run_would(ma
     blocks = mx.array([[5, 9, 2, 7, 3], [8, 1, 4, 6, 2], [3, 3, 9, 1, 5]])
     kept = [2, 5, 4]
     decoder = BatchDecoder(model, tokenizer)
-    for n in (7, 19, 11):
-        decoder.insert(prompt_of(n, seed=n), 20)
+    for n in (7, 19, 11):  # one at a time: each row's prefill is its single run's
+        decoder.insert([prompt_of(n, seed=n)], [20])
     adapter.verify(blocks, decoder.target_cache, layer_ids).commit(kept)
     recurrent = [i for i, cache in enumerate(decoder.target_cache) if isinstance(cache, ArraysCache)]
     assert recurrent
@@ -68,6 +68,37 @@ def test_a_ragged_commit_leaves_each_recurrent_row_where_its_single_run_would(ma
                 assert mx.allclose(batched[row : row + 1], single, atol=1e-5).item()
 
 
+def test_prompts_are_prefilled_in_groups_of_similar_lengths():
+    assert length_groups([3, 36, 40, 1, 45, 90, 50]) == [[3], [0], [1, 2, 4, 6], [5]]
+    assert length_groups([7] * 5) == [[0, 1, 2, 3, 4]]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_oss", "qwen3_next"])
+def test_prompts_prefilled_together_leave_each_row_where_its_single_prefill_would(make_pair, family, monkeypatch):
+    monkeypatch.setattr(dflash.decode, "PREFILL_STEP_SIZE", 16)  # padded rows across several chunks
+    model, tokenizer = dflash.load(*make_pair(family))
+    lengths = [3, 36, 40, 1, 45, 90, 50]  # groups of one and one group of four, padded (test above)
+    together = [prompt_of(n, seed=n) for n in lengths]
+    decoder = BatchDecoder(model, tokenizer)
+    uids = decoder.insert(together, [20] * len(together))
+    row_of = {row.uid: i for i, row in enumerate(decoder.rows)}
+    for uid, prompt in zip(uids, together):
+        row = row_of[uid]
+        state = dflash.decode.start(model, max_tokens=20)
+        dflash.decode.prefill(model, state, mx.array(prompt), GreedyAcceptance())
+        assert decoder.rows[row].state.tokens == state.tokens
+        # close, not equal: a batched matmul rounds differently from a single row's
+        assert mx.allclose(decoder.rows[row].context, state.context, atol=1e-4, rtol=1e-4).item()
+        for batched, single in zip(decoder.target_cache, state.target_cache):
+            if isinstance(batched, ArraysCache):
+                pairs = [(b[row : row + 1], s) for b, s in zip(batched.cache, single.cache)]
+            else:
+                assert batched.lengths[row] == single.offset == len(prompt)
+                pairs = [(b[row : row + 1, :, : len(prompt)], s[..., : len(prompt), :])
+                         for b, s in zip(batched.state, single.state)]  # fmt: skip
+            assert all(mx.allclose(b, s, atol=1e-4, rtol=1e-4).item() for b, s in pairs)
+
+
 def test_stop_tokens_early_finishes_and_a_sequence_joining_midway(make_pair):
     model, tokenizer = dflash.load(*make_pair("llama"))
     free = [plain_generate(model.adapter, tokenizer, p, 40).tokens for p in prompts()]
@@ -75,11 +106,11 @@ def test_stop_tokens_early_finishes_and_a_sequence_joining_midway(make_pair):
     singles = [dflash.generate(model, tokenizer, p, 40).tokens for p in prompts()]
     assert len(singles[1]) <= 6 and len(singles[3]) <= 20
     decoder = BatchDecoder(model, tokenizer)
-    uids = [decoder.insert(p, max_tokens) for p, max_tokens in zip(prompts()[:4], (40, 40, 9, 40))]
+    uids = decoder.insert(prompts()[:4], [40, 40, 9, 40])
     responses = {uid: [] for uid in uids}
     for step in range(200):
         if step == 3:  # a request joins while the others are decoding
-            uids.append(decoder.insert(prompts()[4], 40))
+            uids += decoder.insert(prompts()[4:], [40])
             responses[uids[-1]] = []
         for uid, response in decoder.step():
             responses[uid].append(response)

@@ -27,7 +27,7 @@ from adapters.routing import EXPERT, RouteDecision
 
 from ..acceptance import make_acceptance
 from ..batch import BatchDecoder
-from ..decode import check_block_size
+from ..decode import check_block_size, check_max_tokens
 from ..engine import Engine, Request
 from ..generate import encode_prompt
 from ..stats import GenerationStats
@@ -75,6 +75,7 @@ class Job:
         # The worker's own:
         self.decision: Optional[RouteDecision] = None
         self.responses = None  # the engine's generator, for a job outside the batch
+        self.joining: Optional[tuple] = None  # (prompt ids, max tokens, seed, acceptance): for the batch's next insert
         self.uid: Optional[int] = None  # the job's row in the batch
         self.done = False
 
@@ -173,6 +174,9 @@ class Scheduler:
                     self.metrics.cancelled += 1
                 elif job.uid is None:  # new, or outside the batch
                     self.advance(job)
+            joining = [job for job in self.active if job.joining is not None and not job.done]
+            if joining:
+                self.add_to_batch(joining)
             if self.batched:
                 self.step_batch()
             self.active = deque(job for job in self.active if not job.done)
@@ -217,6 +221,25 @@ class Scheduler:
         if response is not None:
             self.deliver(job, response)
 
+    def add_to_batch(self, jobs: List[Job]) -> None:
+        """Prefill the cycle's new jobs for the batch together and add them to it."""
+        tic = time.perf_counter()
+        try:
+            prompts, max_tokens, seeds, acceptances = (list(column) for column in zip(*(job.joining for job in jobs)))
+            uids = self.batch.insert(prompts, max_tokens, seeds, acceptances)
+        except Exception as e:  # noqa: BLE001  (a bug: the jobs were checked; log it, answer 500, keep serving)
+            logger.exception("prefill failed")
+            for job in jobs:
+                self.fail(job, APIError(500, f"internal error: {e}", kind="server_error"))
+            return
+        finally:
+            self.metrics.busy_time += time.perf_counter() - tic
+        for job, uid in zip(jobs, uids):
+            job.joining, job.uid = None, uid
+            self.batched[uid] = job
+        for uid, response in self.batch.first_responses():  # before this cycle's step
+            self.deliver(self.batched[uid], response)
+
     def step_batch(self) -> None:
         """One step of every job in the batch."""
         tic = time.perf_counter()
@@ -249,7 +272,7 @@ class Scheduler:
         self.metrics.committed_tokens += sum(response.stats.acceptance_lengths)
 
     def open(self, job: Job) -> None:
-        """Route the job, then add it to the batch or open its own generator; a chat is rendered
+        """Route the job, then ready it for the batch or open its own generator; a chat is rendered
         with the chosen model's template."""
         job.decision = self.engine.route(job.request)
         request = job.request
@@ -262,9 +285,8 @@ class Scheduler:
             return
         model, tokenizer = self.engine.expert
         prompt_ids = encode_prompt(model.adapter, tokenizer, request.prompt, request.chat, request.thinking)
-        acceptance = make_acceptance(request.sampling, request.acceptance)
-        job.uid = self.batch.insert(prompt_ids, request.max_tokens, request.seed, acceptance)
-        self.batched[job.uid] = job
+        check_max_tokens(request.max_tokens)
+        job.joining = (prompt_ids, request.max_tokens, request.seed, make_acceptance(request.sampling, request.acceptance))
 
     def fail(self, job: Job, error: APIError) -> None:
         job.push(error)
