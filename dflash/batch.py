@@ -69,8 +69,6 @@ class BatchDecoder:
 
     def __init__(self, model: DFlashModel, tokenizer, *, block_size: Union[int, str, None] = None,
                  acceptance: Optional[Acceptance] = None):  # fmt: skip
-        if any(kind == "sliding_attention" for kind in model.draft.config.layer_types):
-            raise DFlashError("batched decoding does not support drafters with sliding-window layers yet")
         decode.check_block_size(model, block_size)
         self.model, self.tokenizer = model, tokenizer
         auto = block_size == AUTO

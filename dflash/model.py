@@ -135,7 +135,8 @@ class DraftAttention(nn.Module):
         `mask` ([N * Lb, Lc + N * Lb]) says what each block position may see.
         """
         n_blocks, block_len, _ = x.shape
-        lay_out = self._side_by_side if context.shape[0] != n_blocks else (lambda blocks: blocks)
+        side_by_side = context.shape[0] != n_blocks
+        lay_out = self._side_by_side if side_by_side else (lambda blocks: blocks)
         context_start = cache.offset if cache is not None else 0
         if block_offset is None:
             block_offset = context_start + context.shape[1]
@@ -150,17 +151,23 @@ class DraftAttention(nn.Module):
         keys = mx.concatenate([k_ctx, lay_out(k_block)], axis=2)
         values = mx.concatenate([v_ctx, lay_out(v_block)], axis=2)
 
-        if mask is None and self.sliding_window is not None and keys.shape[2] > self.sliding_window:
-            mask = self._window_mask(block_offset, block_len, k_ctx.shape[2])
+        # The window mask reads the decoding layout, each row's context then its block (training
+        # lays blocks side by side and passes its own mask).
+        if self.sliding_window is not None and not side_by_side and keys.shape[2] > self.sliding_window:
+            window = self._window_mask(block_offset, block_len, k_ctx.shape[2])
+            mask = window if mask is None else mask & window
         out = scaled_dot_product_attention(
             lay_out(q), keys, values, cache=None, scale=self.scale, mask=mask
         )
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(n_blocks, block_len, -1))
 
-    def _window_mask(self, block_start: int, block_len: int, context_len: int) -> mx.array:
-        query_pos = mx.arange(block_start, block_start + block_len)[:, None]
-        key_pos = mx.concatenate([mx.arange(context_len), mx.arange(block_start, block_start + block_len)])
-        return (query_pos - key_pos[None]) < self.sliding_window
+    def _window_mask(self, block_start, block_len: int, context_len: int) -> mx.array:
+        """[rows, 1, block_len, context_len + block_len]: block position j of row i (at block_start,
+        an int or one per row, plus j) sees the keys within the window; context key k is at position k."""
+        query_pos = mx.array(block_start).reshape(-1, 1) + mx.arange(block_len)
+        context_pos = mx.broadcast_to(mx.arange(context_len), (query_pos.shape[0], context_len))
+        key_pos = mx.concatenate([context_pos, query_pos], axis=1)
+        return ((query_pos[:, :, None] - key_pos[:, None, :]) < self.sliding_window)[:, None]
 
 
 class DraftLayer(nn.Module):

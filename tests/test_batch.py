@@ -1,6 +1,7 @@
 """Batched speculative decoding: every sequence of a batch is token for token what it gets alone."""
 
 import json
+from collections import defaultdict
 
 import mlx.core as mx
 import pytest
@@ -13,7 +14,7 @@ from dflash.batch import BatchDecoder, batch_generate, length_groups
 from dflash.generate import collect, plain_generate
 from dflash.sampling import SamplingSettings
 from eval.cli import main as eval_main
-from tests.helpers import OracleProposals, prompt_of
+from tests.helpers import OracleProposals, draft_config, prompt_of, save_random_draft, target_config
 
 LENGTHS = [3, 17, 40, 1, 90]  # distinct: the oracle tells the rows apart by their prompt length
 
@@ -119,6 +120,32 @@ def test_stop_tokens_early_finishes_and_a_sequence_joining_midway(make_pair):
     results = [collect(responses[uid]) for uid in uids]
     assert [r.tokens for r in results] == [singles[0], singles[1], singles[2][:9], singles[3], singles[4]]
     assert [r.finish_reason for r in results][1:4] == ["stop", "length", "stop"]
+
+
+class DraftLog(GreedyAcceptance):
+    """Greedy, and keeps every row's draft logits, by prompt length."""
+
+    def __init__(self):
+        self.logits = defaultdict(list)
+
+    def propose(self, draft_logits, state):
+        self.logits[state.stats.prompt_tokens].append(draft_logits)
+        return super().propose(draft_logits, state)
+
+
+def test_a_sliding_window_drafter_drafts_in_a_batch_what_it_drafts_alone(make_pair, tmp_path):
+    target, _ = make_pair("qwen3")
+    config = draft_config(target_config("qwen3"), layers=2, layer_types=["sliding_attention", "full_attention"],
+                          sliding_window=4)  # fmt: skip
+    model, tokenizer = dflash.load(target, str(save_random_draft(tmp_path / "swa", config)))
+    alone, batched = DraftLog(), DraftLog()
+    singles = [dflash.generate(model, tokenizer, p, 30, acceptance=alone).tokens for p in prompts()]
+    assert [r.tokens for r in batch_generate(model, tokenizer, prompts(), 30, acceptance=batched)] == singles
+    assert alone.logits.keys() == batched.logits.keys()
+    for n, steps in alone.logits.items():
+        assert len(batched.logits[n]) == len(steps)
+        for single, row in zip(steps, batched.logits[n]):
+            assert mx.allclose(row, single, atol=1e-4, rtol=1e-4)
 
 
 def test_auto_block_size_is_exact_and_shared_by_the_rows(make_pair):

@@ -95,7 +95,7 @@ def test_sliding_window_drafter_limits_attention_to_the_window(make_pair, tmp_pa
     layer = model.draft.layers[0].self_attn
     assert layer.sliding_window == 4 and model.draft.layers[1].self_attn.sliding_window is None
     mask = layer._window_mask(block_start=10, block_len=3, context_len=10)
-    assert mask[0].tolist() == [False] * 7 + [True] * 3 + [True] * 3
+    assert mask[0, 0, 0].tolist() == [False] * 7 + [True] * 3 + [True] * 3
     assert len(dflash.generate(model, tokenizer, list(range(3, 40)), 20).tokens) == 20
 
 

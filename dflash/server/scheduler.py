@@ -1,9 +1,10 @@
 """The scheduler: one worker thread does all of the server's MLX work, a decode step at a time.
 
-Handlers `submit` jobs; the worker admits them and goes round in cycles. A new job is routed and
-prefilled. Jobs on the expert route join one `BatchDecoder` (dflash/batch.py): each cycle runs one
-batched step, a drafter pass and a target pass shared by all of them; jobs on the fast route (and
-with drafters the batch does not support) take one step of their own generator each. Every step's
+Handlers `submit` jobs; the worker admits them and goes round in cycles. A new job is routed.
+Jobs on the expert route join one `BatchDecoder` (dflash/batch.py), those admitted in the same
+cycle prefilled together, and get their first token at once; each cycle then runs one batched
+step, a drafter pass and a target pass shared by all of them. Jobs on the fast route are prefilled
+alone and take one step of their own generator each. Every step's
 text goes to the job's asyncio queue, which its handler reads. Each request has its own DecodeState (or mlx-lm
 cache) and its own random stream (dflash/generate.py), so an answer is the same whatever it was
 interleaved with.
@@ -125,7 +126,7 @@ class Scheduler:
         self.lock = threading.Lock()  # between submit and the worker's closing
         self.deadline: Optional[float] = None  # once closing: when the open jobs are cut off
         self.thread: Optional[threading.Thread] = None
-        self.batch: Optional[BatchDecoder] = None  # the expert route's shared decoder, when the drafter allows
+        self.batch: Optional[BatchDecoder] = None  # the expert route's shared decoder
         self.batched: Dict[int, Job] = {}  # batch row uid -> job
 
     def start(self) -> None:
@@ -162,10 +163,7 @@ class Scheduler:
         except BaseException as e:  # noqa: BLE001  (handed to start())
             loaded.set_exception(e)
             return
-        try:
-            self.batch = BatchDecoder(*self.engine.expert, block_size=self.block_size or self.engine.pair.block_size)
-        except DFlashError as e:
-            logger.info("requests decode one at a time: %s", e)
+        self.batch = BatchDecoder(*self.engine.expert, block_size=self.block_size or self.engine.pair.block_size)
         loaded.set_result(None)
         while self.admit():
             for job in self.active:
@@ -280,7 +278,7 @@ class Scheduler:
             request = replace(request, prompt=job.messages)
         if self.block_size is not None:
             request = replace(request, block_size=self.block_size)
-        if job.decision.route != EXPERT or self.batch is None:
+        if job.decision.route != EXPERT:
             job.responses = self.engine.stream(request, job.decision.route)
             return
         model, tokenizer = self.engine.expert
