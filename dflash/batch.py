@@ -96,8 +96,7 @@ class BatchDecoder:
                   for prompt, n, seed in zip(prompts, max_tokens, seeds)]  # fmt: skip
         responders = [Responder(self.tokenizer, self.stop_tokens, n, state.stats)
                       for state, n in zip(states, max_tokens)]  # fmt: skip
-        uids = list(range(self.next_uid, self.next_uid + len(prompts)))
-        self.next_uid += len(prompts)
+        prefilled = []  # the batch takes no row before every group is prefilled
         for group in length_groups([len(prompt) for prompt in prompts]):
             # Recurrent states (ArraysCache) batch as they are: one row of fixed-size arrays per sequence.
             target_cache = [cache if isinstance(cache, ArraysCache) else RaggedKVCache(len(group))
@@ -106,6 +105,10 @@ class BatchDecoder:
                                     [acceptances[i] for i in group], target_cache)  # fmt: skip
             draft_cache = [RaggedKVCache.empty(len(group), config.num_key_value_heads, config.head_dim,
                                                DTYPES[model.dtype]) for _ in model.draft.layers]  # fmt: skip
+            prefilled.append((group, target_cache, draft_cache))
+        uids = list(range(self.next_uid, self.next_uid + len(prompts)))
+        self.next_uid += len(prompts)
+        for group, target_cache, draft_cache in prefilled:
             if self.rows:
                 for batch, new in zip(self.target_cache + self.draft_cache, target_cache + draft_cache):
                     batch.extend(new)

@@ -122,6 +122,29 @@ def test_stop_tokens_early_finishes_and_a_sequence_joining_midway(make_pair):
     assert [r.finish_reason for r in results][1:4] == ["stop", "length", "stop"]
 
 
+def test_an_insert_whose_prefill_fails_adds_no_row(make_pair, monkeypatch):
+    model, tokenizer = dflash.load(*make_pair("llama"))
+    decoder = BatchDecoder(model, tokenizer)
+    [kept] = decoder.insert([prompt_of(5, seed=5)], [12])
+    prefill_together, calls = dflash.decode.prefill_together, []
+
+    def second_group_fails(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise RuntimeError("prefill failed")
+        prefill_together(*args)
+
+    monkeypatch.setattr(dflash.decode, "prefill_together", second_group_fails)
+    with pytest.raises(RuntimeError):
+        decoder.insert([prompt_of(3, seed=3), prompt_of(90, seed=90)], [12, 12])  # two groups
+    assert [row.uid for row in decoder.rows] == [kept] and len(calls) == 2
+    assert all(cache.keys.shape[0] == 1 for cache in decoder.target_cache + decoder.draft_cache)
+    tokens = []
+    while decoder.rows:
+        tokens += [t for _, response in decoder.step() for t in response.tokens]
+    assert tokens == plain_generate(model.adapter, tokenizer, prompt_of(5, seed=5), 12).tokens
+
+
 class DraftLog(GreedyAcceptance):
     """Greedy, and keeps every row's draft logits, by prompt length."""
 

@@ -4,10 +4,9 @@ Handlers `submit` jobs; the worker admits them and goes round in cycles. A new j
 Jobs on the expert route join one `BatchDecoder` (dflash/batch.py), those admitted in the same
 cycle prefilled together, and get their first token at once; each cycle then runs one batched
 step, a drafter pass and a target pass shared by all of them. Jobs on the fast route are prefilled
-alone and take one step of their own generator each. Every step's
-text goes to the job's asyncio queue, which its handler reads. Each request has its own DecodeState (or mlx-lm
-cache) and its own random stream (dflash/generate.py), so an answer is the same whatever it was
-interleaved with.
+alone and take one step of their own generator each. Every step's text goes to the job's asyncio
+queue, which its handler reads. Each request has its own DecodeState (or mlx-lm cache) and its own
+random stream (dflash/generate.py), so an answer is the same whatever it was interleaved with.
 A job whose client went away is cancelled: the worker closes its generator and drops it.
 """
 
@@ -203,7 +202,7 @@ class Scheduler:
         return bool(self.active) and time.monotonic() < self.deadline
 
     def advance(self, job: Job) -> None:
-        """Route and prefill a new job; one step of a job outside the batch."""
+        """Route a new job (and prefill it, outside the batch); one step of a job outside the batch."""
         tic = time.perf_counter()
         try:
             if job.decision is None:
