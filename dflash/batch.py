@@ -88,6 +88,9 @@ class BatchDecoder:
         Their first responses come with `first_responses` or the next `step`. A sequence's
         `acceptance` (default: the decoder's) may differ from the others': each request has its
         own sampling settings."""
+        for name, values in (("max_tokens", max_tokens), ("seeds", seeds), ("acceptances", acceptances)):
+            if values is not None and len(values) != len(prompts):
+                raise DFlashError(f"{len(values)} {name} for {len(prompts)} prompts")
         model, config = self.model, self.model.draft.config
         seeds = seeds or [None] * len(prompts)
         acceptances = [acceptance or self.acceptance for acceptance in acceptances or [None] * len(prompts)]
@@ -222,9 +225,6 @@ def batch_generate(
     decode.check_max_tokens(max_tokens)
     if not prompts:
         raise DFlashError("no prompts to generate from")
-    seeds = list(seeds) if seeds is not None else [None] * len(prompts)
-    if len(seeds) != len(prompts):
-        raise DFlashError(f"{len(seeds)} seeds for {len(prompts)} prompts")
     decoder = BatchDecoder(model, tokenizer, block_size=block_size, acceptance=acceptance)
     prompt_ids = [encode_prompt(model.adapter, tokenizer, prompt, chat, thinking) for prompt in prompts]
     mx.reset_peak_memory()

@@ -205,6 +205,12 @@ def test_refusals(make_pair):
         batch_generate(model, tokenizer, prompts(), 8, seeds=[1, 2])
     with pytest.raises(DFlashError, match="max tokens must be at least 1"):
         batch_generate(model, tokenizer, prompts(), 0)
+    decoder = BatchDecoder(model, tokenizer)
+    with pytest.raises(DFlashError, match="1 max_tokens for 2 prompts"):
+        decoder.insert([[5, 6], [7]], [8])
+    with pytest.raises(DFlashError, match="3 acceptances for 2 prompts"):
+        decoder.insert([[5, 6], [7]], [8, 8], acceptances=[None] * 3)
+    assert not decoder.rows
 
 
 @pytest.mark.slow  # a whole benchmark run
