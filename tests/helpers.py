@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dflash  # noqa: F401  (OpenBLAS before mlx)
 import mlx.core as mx
+import numpy as np
 from mlx.utils import tree_flatten, tree_map
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -76,6 +77,29 @@ FAMILY_FIELDS = {
     "gpt_oss": {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 8,
                 "layer_types": ["sliding_attention", "full_attention"] * 3},
 }  # fmt: skip
+
+
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
+
+
+def rounding_bound(adapter, positions: int, reference: mx.array, extra_layers: int = 0) -> float:
+    """How far two float32 evaluations of the same pass through `adapter`'s target may differ
+    when their sums run in different orders (a batch of rows against one row, a block against
+    one token at a time, another BLAS kernel on another CPU). A sum of n terms is exact to
+    n * eps of its terms' magnitude (Higham's gamma_n); a value at the end of the network ends a
+    chain of such sums, per layer one over the hidden size, one over the MLP's width and one
+    over the `positions` attended to or recurred over. Scaled by the largest magnitude in
+    `reference`. `extra_layers` adds the drafter's layers for what it computes from the taps.
+    A wrong value (another row's state, a position too many) differs by far more."""
+    args = adapter.args
+    width = max(getattr(args, name, 0) or 0 for name in ("intermediate_size", "moe_intermediate_size"))
+    chain = (adapter.num_layers + extra_layers) * (adapter.hidden_size + width + positions)
+    return chain * FLOAT32_EPS * max(1.0, mx.abs(reference).max().item())
+
+
+def assert_same_up_to_rounding(actual: mx.array, expected: mx.array, bound: float) -> None:
+    difference = mx.abs(actual.astype(mx.float32) - expected.astype(mx.float32)).max().item()
+    assert actual.shape == expected.shape and difference <= bound, f"max difference {difference:.3g} > {bound:.3g}"
 
 
 def target_config(family: str = "llama", *, tied: bool = True, kv_heads: int = 2, layers: int = 6, **overrides) -> dict:
