@@ -131,7 +131,12 @@ class DecoderAdapter:
             if i in wanted:
                 wanted[i] = h
         taps = mx.concatenate([wanted[i] for i in layer_ids], axis=-1)
-        length = tokens.shape[1]
+        return Verification(self.decoder.norm(h), taps, self.commit_function(caches, tokens.shape[1], recurrent))
+
+    def commit_function(self, caches: list, length: int, recurrent: Sequence = ()) -> Callable[[object], None]:
+        """`commit(n)` for a pass of `length` positions through `caches`, each trimmed (or, in a
+        batch, each row told to forget) once; `recurrent` holds (layer, cache, state before the
+        pass, the layer's inputs) for each recurrent layer, restored and replayed."""
 
         def commit(n) -> None:
             ragged = isinstance(n, list)  # a batch: each row keeps its own number of positions
@@ -152,7 +157,7 @@ class DecoderAdapter:
                 self.replay(layer, inputs[:, : max(kept)], cache)
                 cache.lengths = None
 
-        return Verification(self.decoder.norm(h), taps, commit)
+        return commit
 
     def replay(self, layer: nn.Module, inputs: mx.array, cache: ArraysCache) -> None:
         """Advance a recurrent layer's state over `inputs` (the layer's inputs at the accepted
