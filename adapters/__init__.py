@@ -2,6 +2,7 @@
 
 from .base import DecoderAdapter, Verification, default_target_layer_ids
 from .errors import DFlashError
+from .gemma4 import Gemma4Adapter
 from .gpt_oss import GptOssAdapter
 from .llama import LlamaAdapter
 from .qwen3 import Qwen3Adapter
@@ -18,6 +19,8 @@ ADAPTERS = {
     "qwen3_5": Qwen3_5Adapter,
     "qwen3_5_moe": Qwen3_5Adapter,
     "gpt_oss": GptOssAdapter,
+    "gemma4_text": Gemma4Adapter,
+    "gemma4": Gemma4Adapter,  # the text path; mlx-lm loads gemma4_unified checkpoints with it too
 }
 
 
@@ -31,6 +34,6 @@ def adapter_for(model) -> DecoderAdapter:
 
 
 __all__ = [
-    "ADAPTERS", "DFlashError", "DecoderAdapter", "GptOssAdapter", "LlamaAdapter", "Qwen3Adapter", "Qwen3MoeAdapter",
-    "Qwen3NextAdapter", "Qwen3_5Adapter", "Verification", "adapter_for", "default_target_layer_ids",
+    "ADAPTERS", "DFlashError", "DecoderAdapter", "Gemma4Adapter", "GptOssAdapter", "LlamaAdapter", "Qwen3Adapter",
+    "Qwen3MoeAdapter", "Qwen3NextAdapter", "Qwen3_5Adapter", "Verification", "adapter_for", "default_target_layer_ids",
 ]  # fmt: skip

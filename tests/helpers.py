@@ -76,6 +76,14 @@ FAMILY_FIELDS = {
                     "rope_parameters": {"type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}},
     "gpt_oss": {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 8,
                 "layer_types": ["sliding_attention", "full_attention"] * 3},
+    # Gemma 4's small-model layout: per-layer input embeddings, the last two layers reading the keys
+    # and values of the last sliding and the last global layer before them, wider global heads. An
+    # untied head: with the tied one, random weights echo the current token (its embedding, scaled by
+    # sqrt(hidden), outweighs what the layers add), so greedy decoding repeats one token.
+    "gemma4_text": {"sliding_window": 8, "layer_types": ["sliding_attention"] * 2 + ["full_attention"]
+                    + ["sliding_attention"] * 2 + ["full_attention"], "num_kv_shared_layers": 2,
+                    "global_head_dim": 32, "hidden_size_per_layer_input": 8, "vocab_size_per_layer_input": VOCAB_SIZE,
+                    "tie_word_embeddings": False},
 }  # fmt: skip
 
 

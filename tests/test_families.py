@@ -12,7 +12,7 @@ from adapters import ADAPTERS
 from dflash.generate import plain_generate, speculative_generate_step
 from tests.helpers import OracleProposals, assert_same_up_to_rounding, prompt_of, rounding_bound
 
-FAMILIES = ["qwen3_moe", "qwen3_next", "qwen3_5", "qwen3_5_moe", "gpt_oss"]
+FAMILIES = ["qwen3_moe", "qwen3_next", "qwen3_5", "qwen3_5_moe", "gpt_oss", "gemma4_text"]
 # The fast tier keeps a hybrid (recurrent rollback) and a sliding-window MoE; the full suite runs all.
 TIERED = [family if family in ("qwen3_next", "gpt_oss") else pytest.param(family, marks=pytest.mark.slow)
           for family in FAMILIES]  # fmt: skip
