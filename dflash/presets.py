@@ -39,4 +39,8 @@ PRESETS = {
     "qwen3.6-35b-a3b": Preset("Qwen/Qwen3.6-35B-A3B", "z-lab/Qwen3.6-35B-A3B-DFlash", 16),
     "gpt-oss-20b": Preset("openai/gpt-oss-20b", "z-lab/gpt-oss-20b-DFlash"),
     "gpt-oss-120b": Preset("openai/gpt-oss-120b", "z-lab/gpt-oss-120b-DFlash"),
+    "gemma-4-31b": Preset("google/gemma-4-31B-it", "z-lab/gemma-4-31B-it-DFlash"),
+    "gemma-4-26b-a4b": Preset("google/gemma-4-26B-A4B-it", "z-lab/gemma-4-26B-A4B-it-DFlash"),
+    # A gemma4_unified checkpoint, which mlx-lm loads with its gemma4 module.
+    "gemma-4-12b": Preset("google/gemma-4-12B-it", "z-lab/gemma4-12B-it-DFlash"),
 }

@@ -127,6 +127,7 @@ def test_every_published_pair_has_a_preset():
     published = {"Qwen/Qwen3.5-4B", "Qwen/Qwen3.5-9B", "Qwen/Qwen3.5-27B", "Qwen/Qwen3.5-35B-A3B",
                  "Qwen/Qwen3.5-122B-A10B", "Qwen/Qwen3.6-27B", "Qwen/Qwen3.6-35B-A3B", "Qwen/Qwen3-Coder-Next",
                  "Qwen/Qwen3-Coder-30B-A3B-Instruct", "openai/gpt-oss-20b", "openai/gpt-oss-120b", "Qwen/Qwen3-4B",
-                 "Qwen/Qwen3-8B", "meta-llama/Llama-3.1-8B-Instruct"}  # fmt: skip
+                 "Qwen/Qwen3-8B", "meta-llama/Llama-3.1-8B-Instruct", "google/gemma-4-31B-it",
+                 "google/gemma-4-26B-A4B-it", "google/gemma-4-12B-it"}  # fmt: skip
     assert {preset.target for preset in PRESETS.values()} == published
     assert resolve_pair(None, None, "qwen3.5-4b").draft == "z-lab/Qwen3.5-4B-DFlash"
