@@ -12,6 +12,7 @@ from mlx_lm import load as mlx_lm_load
 from mlx_lm.utils import dequantize_model
 
 from .errors import DFlashError
+from .gguf import is_gguf, load_gguf
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 DTYPE_CHOICES = ("auto", *DTYPES)  # what every command's --dtype accepts
@@ -52,17 +53,20 @@ def resolve_path(path_or_repo: str, what: str) -> Path:
 
 
 def load_target(path_or_repo: str, dtype: Optional[str] = "auto", what: str = "target", dequantize: str = "auto"):
-    """Load an mlx-lm checkpoint (local directory or hub id) in `dtype`, dequantized as `dequantize`
-    says (see `dequantize_if_asked`). Returns (model, tokenizer)."""
+    """Load an mlx-lm checkpoint (local directory or hub id) or a GGUF file (`adapters.gguf`) in
+    `dtype`, dequantized as `dequantize` says (see `dequantize_if_asked`). Returns (model, tokenizer)."""
     dtype = resolve_dtype(dtype)
     if dequantize not in DEQUANTIZE_CHOICES:
         raise DFlashError(f"unknown dequantize setting '{dequantize}'; choose one of {', '.join(DEQUANTIZE_CHOICES)}")
-    if not Path(path_or_repo).expanduser().is_dir() and not is_hub_id(path_or_repo):
+    if is_gguf(path_or_repo):
+        model, tokenizer = load_gguf(path_or_repo, what)
+    elif not Path(path_or_repo).expanduser().is_dir() and not is_hub_id(path_or_repo):
         raise DFlashError(f"{what} '{path_or_repo}' not found")
-    try:
-        model, tokenizer = mlx_lm_load(path_or_repo)
-    except Exception as e:
-        raise DFlashError(f"cannot load {what} '{path_or_repo}': {type(e).__name__}: {e}") from None
+    else:
+        try:
+            model, tokenizer = mlx_lm_load(path_or_repo)
+        except Exception as e:
+            raise DFlashError(f"cannot load {what} '{path_or_repo}': {type(e).__name__}: {e}") from None
     if dtype is not None:
         model.set_dtype(DTYPES[dtype])
     dequantize_if_asked(model, dequantize, what)
