@@ -142,7 +142,7 @@ class BatchDecoder:
     def speculate(self) -> List[List[int]]:
         """Draft and verify one block per row, commit each row's accepted tokens; returns them."""
         model, rows = self.model, self.rows
-        adapter, draft, config = model.adapter, model.draft, model.draft.config
+        adapter, config = model.adapter, model.draft.config
         remaining = [row.state.max_tokens - len(row.state.tokens) for row in rows]
         # A block of b positions commits at most b tokens: draft no further than the longest need.
         b = max(2, min(self.block_sizer.choose() if self.block_sizer else self.block_size, max(remaining)))
@@ -161,11 +161,11 @@ class BatchDecoder:
             position = mx.arange(max(self.draft_cache[0].lengths) + width)[None]
             sees = position < block_offset[:, None]
             mask = mx.concatenate([sees, mx.ones((len(rows), b), dtype=mx.bool_)], axis=1)[:, None, None, :]
-            block = adapter.embed(mx.array([[last] + [config.mask_token_id] * (b - 1) for last in lasts]))
-            draft_logits = adapter.lm_head(draft(block, context, self.draft_cache, block_offset, mask)[:, 1:])
+            proposals, draft_logits = model.draft_block(lasts, b, context, self.draft_cache,
+                                                        [row.acceptance for row in rows], [row.state for row in rows],
+                                                        block_offset, mask)  # fmt: skip
             for layer_cache in self.draft_cache:
                 layer_cache.forget([width - n for n in lengths])
-            proposals = mx.stack([row.acceptance.propose(draft_logits[i], row.state) for i, row in enumerate(rows)])
             mx.eval(proposals)
             draft_time = time.perf_counter() - tic
 

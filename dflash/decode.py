@@ -136,7 +136,7 @@ def prefill_together(model: DFlashModel, states: List[DecodeState], prompts: Lis
 
 def step(model: DFlashModel, state: DecodeState, acceptance: Acceptance) -> List[int]:
     """One draft-verify-accept-commit step; returns the committed tokens (at least one)."""
-    adapter, draft, config = model.adapter, model.draft, model.draft.config
+    adapter, config = model.adapter, model.draft.config
     remaining = state.max_tokens - len(state.tokens)
     # A block of b positions commits at most b tokens: draft no further than max_tokens.
     b = max(2, min(state.block_sizer.choose() if state.block_sizer else state.block_size, remaining))
@@ -144,9 +144,8 @@ def step(model: DFlashModel, state: DecodeState, acceptance: Acceptance) -> List
 
     with mx.stream(generation_stream):
         step_start = tic = time.perf_counter()
-        block = adapter.embed(mx.array([[last] + [config.mask_token_id] * (b - 1)]))
-        draft_logits = adapter.lm_head(draft(block, state.context, state.draft_cache)[0, 1:])
-        proposals = acceptance.propose(draft_logits, state)
+        proposals, draft_logits = model.draft_block([last], b, state.context, state.draft_cache, [acceptance], [state])
+        proposals, draft_logits = proposals[0], draft_logits[0]
         mx.eval(proposals)
         state.stats.draft_time += time.perf_counter() - tic
 

@@ -5,7 +5,7 @@ import glob
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -15,11 +15,18 @@ from adapters import DecoderAdapter, adapter_for
 from adapters.errors import DFlashError
 from adapters.loading import DTYPES, load_target, resolve_path
 
+from .acceptance import ArgmaxProposals, GreedyAcceptance
 from .files import atomic_directory, write_model
 from .model import DFlashDraftModel, DraftConfig
 
 DRAFT_BITS = (4, 6, 8)  # what a drafter can be quantized to
 DRAFT_GROUP_SIZE = 32  # divides the widths of published drafters and the shipped one (736)
+# Rules that propose the drafter's argmax at every position: with a DFlash 2 drafter they propose
+# its selector's path instead, the drafter's best block. Their accept is lossless whatever the
+# proposals (greedy: the target's argmax decides; argmax: x accepted with probability p(x), the
+# correction drawn from p without x). Rules that draw proposals from the drafter's marginals
+# (their accept needs those q) or from elsewhere keep their own.
+PROPOSES_THE_ARGMAX = (GreedyAcceptance.propose, ArgmaxProposals.propose)
 
 
 @dataclass
@@ -39,6 +46,26 @@ class DFlashModel:
         """The compute dtype (the drafter is cast to the dtype of the target's hidden states)."""
         return self.adapter.dtype
 
+    def draft_block(self, lasts: List[int], block_size: int, context: mx.array, cache, acceptances: list,
+                    states: list, block_offset=None, mask=None) -> Tuple[mx.array, mx.array]:  # fmt: skip
+        """Draft one block per row: embed [last committed token, mask, ..., mask], run the drafter
+        (the batch's `block_offset` and `mask` as DraftAttention takes them), turn positions 1.. into
+        logits; each row's rule proposes from them, or takes the DFlash 2 selector's path (see
+        PROPOSES_THE_ARGMAX). Returns (proposals [rows, block_size - 1], logits [rows, block_size - 1, V])."""
+        tokens = [[last] + [self.draft.config.mask_token_id] * (block_size - 1) for last in lasts]
+        batched = () if block_offset is None else (block_offset, mask)
+        hidden = self.draft(self.adapter.embed(mx.array(tokens)), context, cache, *batched)[:, 1:]
+        finish = getattr(self.draft, "finish_block", None)  # stand-in drafters give logits-ready states
+        if finish is None:
+            logits, path = self.adapter.lm_head(hidden), None
+        else:
+            logits, path = finish(hidden, self.adapter.lm_head, mx.array(lasts))
+        proposals = [
+            path[i] if path is not None and type(rule).propose in PROPOSES_THE_ARGMAX else rule.propose(logits[i], state)
+            for i, (rule, state) in enumerate(zip(acceptances, states))
+        ]  # fmt: skip
+        return mx.stack(proposals), logits
+
 
 def read_weights(directory: Path, what: str) -> dict:
     files = sorted(glob.glob(str(directory / "*.safetensors")))
@@ -57,17 +84,18 @@ def load_draft(path_or_repo: str) -> DFlashDraftModel:
     directory = resolve_path(path_or_repo, "drafter")
     try:
         config = DraftConfig.from_dict(json.loads((directory / "config.json").read_text()))
+        draft = DFlashDraftModel(config)
     except FileNotFoundError:
         raise DFlashError(f"drafter directory {directory} has no config.json") from None
-    except (json.JSONDecodeError, ValueError, TypeError) as e:
+    except (json.JSONDecodeError, ValueError, TypeError, KeyError) as e:
         raise DFlashError(f"bad drafter config {directory / 'config.json'}: {e}") from None
-    draft = DFlashDraftModel(config)
     weights = read_weights(directory, "drafter")
     weights = {k.removeprefix("model."): v for k, v in weights.items()}
     try:
         draft.load_weights(list(weights.items()), strict=True)
     except ValueError as e:
-        raise DFlashError(f"drafter weights in {directory} do not match its config.json: {e}") from None
+        reason = " ".join(str(e).split())  # mlx lists the names on lines of their own
+        raise DFlashError(f"drafter weights in {directory} do not match its config.json: {reason}") from None
     mx.eval(draft.parameters())
     return draft
 

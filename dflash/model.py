@@ -16,11 +16,11 @@ Checkpoints: a directory with `config.json` (the Qwen3 fields plus `block_size`,
 `num_target_layers` and `dflash_config: {target_layer_ids, mask_token_id}`, optionally
 `layer_types` with `sliding_window`) and `*.safetensors` whose names carry no `model.` prefix
 (`fc.weight`, `hidden_norm.weight`, `norm.weight`, `layers.i.*`), the format of the published
-drafters.
+drafters. DFlash 2 drafters (dflash/dflash2.py) add dynamic convolutions to every layer and a path
+selector; their config.json is parsed and written by dflash/draft_config.py.
 """
 
-from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -29,69 +29,10 @@ from mlx_lm.models.cache import KVCache, RotatingKVCache
 from mlx_lm.models.qwen3 import MLP
 from mlx_lm.models.rope_utils import initialize_rope
 
+from .dflash2 import CandidateSelector, DynamicConv, scale_logits
+from .draft_config import DraftConfig
 
-@dataclass
-class DraftConfig:
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    intermediate_size: int
-    vocab_size: int
-    block_size: int
-    num_target_layers: int
-    target_layer_ids: List[int]
-    mask_token_id: int
-    head_dim: Optional[int] = None
-    rms_norm_eps: float = 1e-6
-    rope_theta: float = 1_000_000.0
-    max_position_embeddings: int = 40960
-    rope_scaling: Optional[dict] = None
-    attention_bias: bool = False
-    tie_word_embeddings: bool = False
-    layer_types: Optional[List[str]] = None
-    sliding_window: Optional[int] = None
-    extra: dict = field(default_factory=dict)  # other config.json keys, written back unchanged
-
-    def __post_init__(self):
-        if self.head_dim is None:
-            self.head_dim = self.hidden_size // self.num_attention_heads
-        if self.layer_types is None:
-            self.layer_types = ["full_attention"] * self.num_hidden_layers
-
-    @classmethod
-    def from_dict(cls, config: dict) -> "DraftConfig":
-        dflash_config = config.get("dflash_config")
-        if not isinstance(dflash_config, dict):
-            raise ValueError("drafter config.json has no 'dflash_config' section (target_layer_ids, mask_token_id)")
-        missing = [k for k in ("target_layer_ids", "mask_token_id") if k not in dflash_config]
-        required = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                    "vocab_size", "block_size", "num_target_layers")
-        missing += [k for k in required if k not in config]
-        if missing:
-            raise ValueError(f"drafter config.json is missing {', '.join(missing)}")
-        known = {f for f in cls.__dataclass_fields__ if f not in ("target_layer_ids", "mask_token_id", "extra")}
-        kwargs = {k: v for k, v in config.items() if k in known}
-        kwargs.setdefault("num_key_value_heads", config["num_attention_heads"])
-        extra = {k: v for k, v in config.items() if k not in known and k != "dflash_config"}
-        return cls(
-            target_layer_ids=list(dflash_config["target_layer_ids"]),
-            mask_token_id=int(dflash_config["mask_token_id"]),
-            extra=extra,
-            **kwargs,
-        )
-
-    def to_dict(self) -> dict:
-        config = dict(self.extra)
-        config.setdefault("architectures", ["DFlashDraftModel"])
-        config.setdefault("model_type", "qwen3")
-        for name in self.__dataclass_fields__:
-            if name not in ("target_layer_ids", "mask_token_id", "extra"):
-                config[name] = getattr(self, name)
-        if all(t == "full_attention" for t in self.layer_types):
-            config.pop("layer_types")
-        config["dflash_config"] = {"target_layer_ids": self.target_layer_ids, "mask_token_id": self.mask_token_id}
-        return config
+__all__ = ["DFlashDraftModel", "DraftConfig"]
 
 
 class DraftAttention(nn.Module):
@@ -110,7 +51,7 @@ class DraftAttention(nn.Module):
         self.q_norm = nn.RMSNorm(head_dim, eps=config.rms_norm_eps)
         self.k_norm = nn.RMSNorm(head_dim, eps=config.rms_norm_eps)
         self.rope = initialize_rope(
-            head_dim, config.rope_theta, False, config.rope_scaling, config.max_position_embeddings
+            head_dim, config.rope_theta, False, config.rope_config, config.max_position_embeddings
         )
 
     def _heads(self, x: mx.array, n_heads: int) -> mx.array:
@@ -171,16 +112,31 @@ class DraftAttention(nn.Module):
 
 
 class DraftLayer(nn.Module):
+    """Attention then MLP, each with a residual; a DFlash 2 layer convolves each sublayer's input
+    and output along the block (dflash/dflash2.py)."""
+
     def __init__(self, config: DraftConfig, sliding_window: Optional[int]):
         super().__init__()
         self.self_attn = DraftAttention(config, sliding_window)
         self.mlp = MLP(config.hidden_size, config.intermediate_size)
         self.input_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        if config.dflash2:
+            self.attention_conv = DynamicConv(config.hidden_size, config.conv_kernel_size, config.conv_group_size)
+            self.mlp_conv = DynamicConv(config.hidden_size, config.conv_kernel_size, config.conv_group_size)
 
     def __call__(self, x, context, cache=None, block_offset=None, mask=None):
-        h = x + self.self_attn(self.input_layernorm(x), context, cache, block_offset, mask)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        if "attention_conv" not in self:
+            h = x + self.self_attn(self.input_layernorm(x), context, cache, block_offset, mask)
+            return h + self.mlp(self.post_attention_layernorm(h))
+        h = x + self._convolved(self.attention_conv, lambda y: self.self_attn(y, context, cache, block_offset, mask),
+                                self.input_layernorm(x))  # fmt: skip
+        return h + self._convolved(self.mlp_conv, self.mlp, self.post_attention_layernorm(h))
+
+    @staticmethod
+    def _convolved(conv: DynamicConv, sublayer, normed: mx.array) -> mx.array:
+        kernels = conv.kernels(normed)
+        return conv(sublayer(conv(normed, kernels, site=0)), kernels, site=1)
 
 
 class DFlashDraftModel(nn.Module):
@@ -195,6 +151,10 @@ class DFlashDraftModel(nn.Module):
             for kind in config.layer_types
         ]
         self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        if config.dflash2:
+            self.candidate_selector = CandidateSelector(
+                config.hidden_size, config.vocab_size, config.selector_rank, config.selector_top_k
+            )
 
     def make_cache(self, context_window: Optional[int] = None) -> list:
         """One KV cache per layer. With `context_window`, the full-attention layers keep only the
@@ -213,6 +173,16 @@ class DFlashDraftModel(nn.Module):
         target's LM head."""
         context = self.hidden_norm(self.fc(target_hidden))
         h = block_embeddings
+        if self.config.input_embedding_scale != 1.0:
+            h = h * self.config.input_embedding_scale
         for i, layer in enumerate(self.layers):
             h = layer(h, context, cache[i] if cache is not None else None, block_offset, mask)
         return self.norm(h)
+
+    def finish_block(self, hidden: mx.array, lm_head, anchors: mx.array):
+        """(logits [N, P, V], path [N, P] or None) from the drafter's output at block positions 1..P
+        [N, P, D]: the target's `lm_head` scaled as the config says, and a DFlash 2 drafter's
+        selector path after the blocks' given tokens `anchors` [N]."""
+        config = self.config
+        logits = scale_logits(lm_head(hidden), config.output_multiplier, config.final_logit_softcapping)
+        return logits, self.candidate_selector(hidden, logits, anchors) if config.dflash2 else None

@@ -162,6 +162,31 @@ def test_missing_and_corrupt_drafter_files(make_pair, tmp_path):
         dflash.load(str(tmp_path / "nowhere"), str(broken))
 
 
+@pytest.mark.parametrize(
+    "section, field, value, kind",
+    [
+        (None, "block_size", "eight", "an integer"),
+        (None, "rms_norm_eps", None, "a number"),
+        (None, "hidden_size", 0, "a positive integer"),
+        (None, "num_attention_heads", 4.0, "a positive integer"),
+        (None, "tie_word_embeddings", "yes", "true or false"),
+        (None, "layer_types", "full_attention", "a list of strings"),
+        (None, "rope_scaling", "none", "an object"),
+        ("dflash_config", "target_layer_ids", [1, "3"], "a list of integers"),
+        ("dflash_config", "mask_token_id", True, "an integer"),
+    ],
+)
+def test_every_config_field_is_type_checked_in_one_line(make_pair, tmp_path, section, field, value, kind):
+    target, _ = make_pair("llama")
+    broken = broken_copy(make_pair, tmp_path)
+    config = json.loads((broken / "config.json").read_text())
+    (config[section] if section else config)[field] = value
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DFlashError, match=f"field '{field}' must be {kind}, got ") as error:
+        dflash.load(target, str(broken))
+    assert "\n" not in str(error.value)
+
+
 def test_weights_that_do_not_match_the_config(make_pair, tmp_path):
     target, _ = make_pair("llama")
     broken = broken_copy(make_pair, tmp_path)

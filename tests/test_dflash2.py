@@ -1,0 +1,364 @@
+"""DFlash 2 drafters in their published format: tiny random ones written here with the published
+config fields and weight names, loaded through the real loader; the convolution and the path
+selector against their definitions computed directly; decoding exact when greedy and lossless
+when sampling, with the selector proposing."""
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+from safetensors.numpy import save_file
+
+import dflash
+from adapters import default_target_layer_ids
+from dflash import DFlashError, decode
+from dflash.acceptance import GreedyAcceptance, make_acceptance
+from dflash.batch import batch_generate
+from dflash.dflash2 import CandidateSelector, DynamicConv
+from dflash.generate import plain_generate
+from dflash.sampling import SamplingSettings
+from tests.helpers import OracleProposals, save_target, target_config
+
+SMALL_VOCAB = 8  # a random drafter's proposals are then often what the target would say
+
+
+def published_config(target: dict, *, layers=2, block_size=8, top_k=4, rank=8, group=16, **overrides) -> dict:
+    """config.json as the published DFlash 2 drafters have it (z-lab's fixture's fields)."""
+    config = {
+        "architectures": ["DFlash2DraftModel"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "is_causal": False,
+        "dflash_config": {
+            "block_size": block_size, "conv_group_size": group, "conv_kernel_size": 2, "mask_token_id": 2,
+            "selector_rank": rank, "selector_top_k": top_k,
+            "target_layer_ids": default_target_layer_ids(target["num_hidden_layers"], layers),
+        },
+        "dtype": "float32", "head_dim": 16, "hidden_act": "silu", "hidden_size": target["hidden_size"],
+        "intermediate_size": 96, "layer_types": ["full_attention"] * layers, "max_position_embeddings": 1024,
+        "model_type": "qwen3", "num_attention_heads": 4, "num_hidden_layers": layers, "num_key_value_heads": 2,
+        "num_target_layers": target["num_hidden_layers"], "rms_norm_eps": 1e-5,
+        "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}, "sliding_window": None,
+        "tie_word_embeddings": False, "use_cache": False, "use_sliding_window": False,
+        "vocab_size": target["vocab_size"],
+    }  # fmt: skip
+    dflash_overrides = {k: overrides.pop(k) for k in list(overrides) if k in config["dflash_config"] or
+                        k in ("output_multiplier", "final_logit_softcapping")}  # fmt: skip
+    config["dflash_config"].update(dflash_overrides)
+    config.update(overrides)
+    return config
+
+
+def published_weights(config: dict, seed: int) -> dict:
+    """Random weights under the published names and shapes (z-lab's safetensors header)."""
+    rng = np.random.default_rng(seed)
+    d, inner, hd = config["hidden_size"], config["intermediate_size"], config["head_dim"]
+    heads, kv = config["num_attention_heads"] * hd, config["num_key_value_heads"] * hd
+    dc = config["dflash_config"]
+    taps, kernel = len(dc["target_layer_ids"]), dc["conv_kernel_size"]
+    vocab, rank = config["vocab_size"], dc["selector_rank"]
+
+    def matrix(rows, cols):
+        return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+
+    def scale(n):
+        return (1 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+
+    weights = {"fc.weight": matrix(d, taps * d), "hidden_norm.weight": scale(d), "norm.weight": scale(d),
+               "candidate_selector.hidden_projection.weight": matrix(rank, d),
+               "candidate_selector.predecessor_codebook": rng.standard_normal((vocab, rank)).astype(np.float32),
+               "candidate_selector.successor_codebook": rng.standard_normal((vocab, rank)).astype(np.float32)}  # fmt: skip
+    for i in range(config["num_hidden_layers"]):
+        p = f"layers.{i}."
+        weights.update({
+            p + "input_layernorm.weight": scale(d), p + "post_attention_layernorm.weight": scale(d),
+            p + "self_attn.q_proj.weight": matrix(heads, d), p + "self_attn.k_proj.weight": matrix(kv, d),
+            p + "self_attn.v_proj.weight": matrix(kv, d), p + "self_attn.o_proj.weight": matrix(d, heads),
+            p + "self_attn.q_norm.weight": scale(hd), p + "self_attn.k_norm.weight": scale(hd),
+            p + "mlp.gate_proj.weight": matrix(inner, d), p + "mlp.up_proj.weight": matrix(inner, d),
+            p + "mlp.down_proj.weight": matrix(d, inner),
+        })  # fmt: skip
+        for conv in ("attention_conv", "mlp_conv"):
+            base = 0.3 * rng.standard_normal((2, kernel, d)).astype(np.float32)
+            base[:, 0] += 1
+            weights[p + conv + ".base_kernel"] = base
+            weights[p + conv + ".kernel_projection.weight"] = np.float32(0.3) * matrix(2 * kernel * d // dc["conv_group_size"], d)
+    return weights
+
+
+def write_published(directory: Path, config: dict, seed: int = 1, drop=()) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = {k: v for k, v in published_weights(config, seed).items() if k not in drop}
+    names = sorted(weights)
+    half = len(names) // 2  # published checkpoints are sharded
+    save_file({k: weights[k] for k in names[:half]}, str(directory / "model-00001-of-00002.safetensors"))
+    save_file({k: weights[k] for k in names[half:]}, str(directory / "model-00002-of-00002.safetensors"))
+    (directory / "config.json").write_text(json.dumps(config))
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    """pairs(family, vocab_size=..., **drafter overrides) -> (target_dir, drafter_dir), built once each."""
+    built = {}
+
+    def build(family="llama", vocab_size=512, **overrides):
+        key = (family, vocab_size, json.dumps(overrides, sort_keys=True))
+        if key not in built:
+            root = tmp_path_factory.mktemp(f"{family}-dflash2")
+            config = target_config(family, vocab_size=vocab_size)
+            target = save_target(root / "target", config)
+            built[key] = (str(target), write_published(root / "draft", published_config(config, **overrides)))
+        return built[key]
+
+    return build
+
+
+# ---------------------------------------------------------------------------------------------
+# The modules against their definitions
+
+
+def test_convolution_is_its_definition():
+    """y_t = sum_j (base[site, j, c] + k[t, site, j, c // G]) x[t - j, c], zero before the block."""
+    mx.random.seed(3)
+    conv = DynamicConv(hidden_size=32, kernel_size=2, group_size=16)
+    conv.base_kernel = mx.random.normal(conv.base_kernel.shape)
+    conv.kernel_projection.weight = mx.random.normal(conv.kernel_projection.weight.shape)
+    x, normed = mx.random.normal((2, 5, 32)), mx.random.normal((2, 5, 32))
+    kernels = conv.kernels(normed)
+    base, k, xs = np.array(conv.base_kernel), np.array(kernels), np.array(x)
+    assert k.shape == (2, 5, 2, 2, 2)  # rows, positions, sites, taps, groups
+    np.testing.assert_allclose(k.reshape(2, 5, -1), np.array(normed) @ np.array(conv.kernel_projection.weight).T,
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    for site in (0, 1):
+        y = np.array(conv(x, kernels, site))
+        expected = np.zeros_like(xs)
+        for n in range(2):
+            for t in range(5):
+                for c in range(32):
+                    for j in range(2):
+                        if t - j >= 0:
+                            expected[n, t, c] += (base[site, j, c] + k[n, t, site, j, c // 16]) * xs[n, t - j, c]
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_fresh_convolution_is_the_identity():
+    conv = DynamicConv(hidden_size=32, kernel_size=2, group_size=16)
+    x = mx.random.normal((1, 4, 32))
+    assert mx.array_equal(conv(x, conv.kernels(x), 0), x) and mx.array_equal(conv(x, conv.kernels(x), 1), x)
+
+
+def test_selector_path_is_its_definition():
+    """Greedy left to right: position t takes the top-k candidate b maximising
+    U_t(b) + <A(previous) * H(h_t), B(b)>, the first previous being the anchor."""
+    mx.random.seed(5)
+    selector = CandidateSelector(hidden_size=24, vocab_size=40, rank=6, top_k=5)
+    hidden, logits, anchors = mx.random.normal((3, 7, 24)), mx.random.normal((3, 7, 40)), mx.array([1, 17, 39])
+    path = np.array(selector(hidden, logits, anchors))
+    A, B = np.array(selector.predecessor_codebook), np.array(selector.successor_codebook)
+    H = np.array(hidden) @ np.array(selector.hidden_projection.weight).T
+    U = np.array(logits)
+    for n in range(3):
+        previous = int(anchors[n])
+        for t in range(7):
+            candidates = np.argsort(-U[n, t])[:5]
+            scores = [U[n, t, b] + np.sum(A[previous] * H[n, t] * B[b]) for b in candidates]
+            previous = int(candidates[int(np.argmax(scores))])
+            assert path[n, t] == previous
+    # the pair term matters: the path is not the per-position argmax
+    assert (path != np.argmax(U, axis=-1)).any()
+
+
+# ---------------------------------------------------------------------------------------------
+# The published format
+
+
+def test_published_checkpoint_loads_and_saves_in_its_format(pairs, tmp_path):
+    target, draft_dir = pairs("qwen3")
+    model, _ = dflash.load(target, draft_dir)
+    published = json.loads((Path(draft_dir) / "config.json").read_text())
+    names = set(published_weights(published, 1))
+    assert set(k for k, _ in tree_flatten(model.draft.parameters())) == names
+    assert model.block_size == 8 and model.draft.config.rope_theta == 10000.0
+
+    dflash.save_draft(model.draft, tmp_path / "copy")
+    saved = json.loads((tmp_path / "copy" / "config.json").read_text())
+    assert set(mx.load(str(tmp_path / "copy" / "model.safetensors"))) == names
+    assert saved["architectures"] == ["DFlash2DraftModel"] and saved["is_causal"] is False
+    assert saved["dflash_config"] == published["dflash_config"] and "block_size" not in saved
+    assert saved["rope_parameters"] == published["rope_parameters"] and "rope_theta" not in saved
+    copy, _ = dflash.load(target, str(tmp_path / "copy"))
+    block = model.adapter.embed(mx.array([[5, 2, 2, 2]]))
+    context = mx.random.normal((1, 6, len(model.draft.config.target_layer_ids) * 64))
+    assert mx.array_equal(model.draft(block, context, model.draft.make_cache()),
+                          copy.draft(block, context, copy.draft.make_cache()))  # fmt: skip
+
+
+def test_logits_are_scaled_and_softcapped_as_the_config_says(pairs):
+    model, _ = dflash.load(*pairs("llama", output_multiplier=0.25, final_logit_softcapping=3.0))
+    hidden = mx.random.normal((1, 3, 64))
+    logits, _ = model.draft.finish_block(hidden, model.adapter.lm_head, mx.array([5]))
+    raw = np.array(model.adapter.lm_head(hidden))
+    np.testing.assert_allclose(np.array(logits), 3.0 * np.tanh(raw * 0.25 / 3.0), rtol=1e-5, atol=1e-6)
+
+
+def test_the_selector_proposes_for_the_argmax_rules_only(pairs):
+    model, _ = dflash.load(*pairs("llama"))
+    state = decode.start(model, max_tokens=20)
+    decode.prefill(model, state, mx.array([5, 17, 99, 230]), GreedyAcceptance())
+    cache = state.draft_cache
+    hidden = model.draft(model.adapter.embed(mx.array([[state.tokens[-1]] + [2] * 7])), state.context, cache)
+    for layer_cache in cache:
+        layer_cache.trim(state.context.shape[1])
+    logits, path = model.draft.finish_block(hidden[:, 1:], model.adapter.lm_head, mx.array(state.tokens[-1:]))
+    sampling = SamplingSettings(temperature=1.0)
+    for rule, expected in [(GreedyAcceptance(), path), (make_acceptance(sampling, "argmax"), path)]:
+        proposals, draft_logits = model.draft_block(state.tokens[-1:], 8, state.context, cache, [rule], [state])
+        for layer_cache in cache:
+            layer_cache.trim(state.context.shape[1])
+        assert mx.array_equal(proposals, expected) and mx.array_equal(draft_logits, logits)
+    assert not mx.array_equal(path[0], mx.argmax(logits[0], axis=-1))  # the path is the selector's
+
+
+def without(config: dict, section: str, key: str) -> dict:
+    return {**config, section: {k: v for k, v in config[section].items() if k != key}}
+
+
+def edited(config: dict, section: str, **values) -> dict:
+    return {**config, section: {**config[section], **values}} if section else {**config, **values}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: without(c, "dflash_config", "selector_top_k"), "drafter config.json is missing selector_top_k"),
+        (lambda c: edited(c, "dflash_config", block_size="eight"), "field 'block_size' must be an integer, got 'eight'"),
+        (lambda c: edited(c, "dflash_config", conv_group_size=24), "conv_group_size 24 does not divide hidden_size 64"),
+        (lambda c: edited(c, "dflash_config", selector_top_k=600), "selector_top_k 600 exceeds the vocabulary 512"),
+        (lambda c: edited(c, "dflash_config", selector_rank=0), "field 'selector_rank' must be a positive integer"),
+        (lambda c: edited(c, None, is_causal=True), "causal attention inside the block"),
+        (lambda c: edited({k: v for k, v in c.items() if k != "is_causal"}, None, sliding_window=8,
+                          layer_types=["sliding_attention"] * 2), "causal attention inside the block"),
+        (lambda c: edited(c, "rope_parameters", rope_theta="big"), "field 'rope_theta' must be a number, got 'big'"),
+        (lambda c: edited(c, None, layer_types=["full_attention"]), "1 layer_types for 2 layers"),
+        (lambda c: edited(c, None, architectures=["DFlashDraftModel"]), "selector and convolution fields need"),
+    ],
+)
+def test_malformed_configs_are_refused_in_one_line(pairs, tmp_path, change, message):
+    target, draft_dir = pairs("llama")
+    config = change(json.loads((Path(draft_dir) / "config.json").read_text()))
+    broken = write_published(tmp_path / "broken", published_config(target_config("llama")))
+    (Path(broken) / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DFlashError, match=message.replace("(", r"\(")) as error:
+        dflash.load(target, broken)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("drop", ["candidate_selector.successor_codebook", "layers.1.mlp_conv.base_kernel"])
+def test_missing_weights_are_refused_in_one_line(pairs, tmp_path, drop):
+    target, _ = pairs("llama")
+    broken = write_published(tmp_path / "broken", published_config(target_config("llama")), drop=[drop])
+    with pytest.raises(DFlashError, match="do not match its config.json") as error:
+        dflash.load(target, broken)
+    assert "\n" not in str(error.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def small_prompt(length, seed=0):
+    return np.random.default_rng(seed).integers(3, SMALL_VOCAB, length).tolist()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_greedy_decoding_equals_plain_greedy_decoding(pairs, family):
+    """The selector proposes (random drafters over a small vocabulary are accepted now and then);
+    the oracle drives full, partial and no accepts through the DFlash 2 drafter's caches."""
+    model, tokenizer = dflash.load(*pairs(family, vocab_size=SMALL_VOCAB, top_k=4))
+    tokenizer.eos_token_ids = set()
+    accepted = 0
+    for seed, length in enumerate([1, 9, 40]):
+        prompt = small_prompt(length, seed)
+        reference = plain_generate(model.adapter, tokenizer, prompt, 40).tokens
+        result = dflash.generate(model, tokenizer, prompt, 40)
+        assert result.tokens == reference
+        accepted += sum(n - 1 for n in result.stats.acceptance_lengths)
+        oracle = OracleProposals(reference, SMALL_VOCAB, miss_every=5)
+        assert dflash.generate(model, tokenizer, prompt, 40, acceptance=oracle).tokens == reference
+    assert accepted > 0  # the selector's own proposals were accepted too
+
+
+def test_sliding_window_softcapped_drafter_is_exact(pairs):
+    model, tokenizer = dflash.load(*pairs("qwen3", vocab_size=SMALL_VOCAB, layer_types=["sliding_attention"] * 2,
+                                          sliding_window=6, output_multiplier=0.5, final_logit_softcapping=4.0))  # fmt: skip
+    tokenizer.eos_token_ids = set()
+    prompt = small_prompt(20, 3)
+    assert dflash.generate(model, tokenizer, prompt, 30).tokens == plain_generate(model.adapter, tokenizer, prompt, 30).tokens
+
+
+def test_batched_equals_single(pairs):
+    """Each row's tokens and acceptance lengths (so its selector paths, where they decide) are its single run's."""
+    model, tokenizer = dflash.load(*pairs("llama", vocab_size=SMALL_VOCAB, top_k=4))
+    tokenizer.eos_token_ids = set()
+    prompts = [small_prompt(n, n) for n in (3, 17, 40, 1)]
+    singles = [dflash.generate(model, tokenizer, p, 30) for p in prompts]
+    batched = batch_generate(model, tokenizer, prompts, 30)
+    assert [r.tokens for r in batched] == [r.tokens for r in singles]
+    assert [r.stats.acceptance_lengths for r in batched] == [r.stats.acceptance_lengths for r in singles]
+    assert any(n > 1 for r in singles for n in r.stats.acceptance_lengths)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling: the committed tokens follow the target, whatever the selector proposes
+
+SIGNIFICANCE = 1e-3
+MIN_EXPECTED = 5
+
+
+def chi_square_p_value(counts: list, expected: list) -> float:
+    """Pearson's chi-square over one table, the outcomes expecting least pooled until every bin
+    expects MIN_EXPECTED. For an even number of degrees of freedom 2m the p-value is exactly
+    exp(-x/2) * sum_{i<m} (x/2)^i / i!; an odd df is rounded down, which lowers the p-value (the
+    tail grows with df): the check only gets stricter."""
+    bins, observed_sum, expected_sum = [], 0, 0.0
+    for observed, wanted in sorted(zip(counts, expected), key=lambda cell: cell[1]):
+        observed_sum, expected_sum = observed_sum + observed, expected_sum + wanted
+        if expected_sum >= MIN_EXPECTED:
+            bins.append([observed_sum, expected_sum])
+            observed_sum, expected_sum = 0, 0.0
+    bins[-1][0] += observed_sum
+    bins[-1][1] += expected_sum
+    statistic = sum((o - e) ** 2 / e for o, e in bins)
+    half_df = (len(bins) - 1) // 2
+    assert half_df >= 1, "too few bins for a test"
+    x = statistic / 2
+    return math.exp(-x) * sum(x**i / math.factorial(i) for i in range(half_df))
+
+
+@pytest.mark.slow  # 400 sampled generations
+def test_sampling_with_the_selector_proposing_follows_the_target(pairs):
+    model, tokenizer = dflash.load(*pairs("qwen3", vocab_size=SMALL_VOCAB, top_k=4))
+    tokenizer.eos_token_ids = set()
+    settings, prompt, draws = SamplingSettings(temperature=2.0), [5, 3, 7, 4], 400
+    rule = make_acceptance(settings, "argmax")
+    counts, accepted = Counter(), 0
+    for seed in range(draws):
+        result = dflash.generate(model, tokenizer, prompt, 2, acceptance=rule, seed=seed)
+        counts[tuple(result.tokens)] += 1
+        accepted += result.stats.acceptance_lengths == [2]
+    first = mx.softmax(settings.sampling_logits(model.target(mx.array([prompt]))[0, -1]), axis=-1)
+    outcomes, expected = [], []
+    for a in range(SMALL_VOCAB):
+        second = mx.softmax(settings.sampling_logits(model.target(mx.array([prompt + [a]]))[0, -1]), axis=-1)
+        for b in range(SMALL_VOCAB):
+            outcomes.append(counts[(a, b)])
+            expected.append(draws * first[a].item() * second[b].item())
+    assert sum(outcomes) == draws
+    assert accepted > 20  # the selector's proposals were accepted often enough to matter
+    assert chi_square_p_value(outcomes, expected) > SIGNIFICANCE
