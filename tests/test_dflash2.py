@@ -22,6 +22,7 @@ from dflash.batch import batch_generate
 from dflash.dflash2 import CandidateSelector, DynamicConv
 from dflash.generate import plain_generate
 from dflash.sampling import SamplingSettings
+from eval.cli import main as eval_main
 from tests.helpers import OracleProposals, save_target, target_config
 
 SMALL_VOCAB = 8  # a random drafter's proposals are then often what the target would say
@@ -362,3 +363,14 @@ def test_sampling_with_the_selector_proposing_follows_the_target(pairs):
     assert sum(outcomes) == draws
     assert accepted > 20  # the selector's proposals were accepted often enough to matter
     assert chi_square_p_value(outcomes, expected) > SIGNIFICANCE
+
+
+def test_step_costs_report_what_the_dflash2_modules_add(pairs, tmp_path):
+    target, draft = pairs("llama")
+    out = tmp_path / "steps"
+    eval_main(["steps", "--target-model", target, "--draft-model", draft, "--prompt-lengths", "12", "--repeats", "2",
+               "--out", str(out)])  # fmt: skip
+    result = json.loads((out / "report.json").read_text())["prompt_lengths"]["12"]
+    assert {"draft", "draft_backbone", "selector", "verify"} <= set(result)
+    assert result["dflash2_added_share"] == pytest.approx(result["selector_share"] + result["convolutions_share"])
+    assert "selector / step" in (out / "report.md").read_text()
