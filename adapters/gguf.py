@@ -19,7 +19,7 @@ from mlx_lm.models import llama
 from mlx_lm.utils import infer_quant_config
 
 from .errors import DFlashError
-from .gguf_tokenizer import gguf_tokenizer
+from .gguf_tokenizer import gguf_tokenizer, metadata_scalar
 
 ARCHITECTURE = "llama"
 # The tensor types `mx.load` reads exactly. It reads BF16 through float16 (small values lose bits,
@@ -113,10 +113,10 @@ def model_args(metadata: dict, weights: dict) -> llama.ModelArgs:
                           f"Llama family (general.architecture '{ARCHITECTURE}')")  # fmt: skip
 
     def field(name, default=None):
-        value = metadata.get(f"{ARCHITECTURE}.{name}", default)
+        value = metadata_scalar(metadata, f"{ARCHITECTURE}.{name}", default)
         if value is None:
             raise DFlashError(f"GGUF metadata has no '{ARCHITECTURE}.{name}'")
-        return value.item() if isinstance(value, mx.array) else value
+        return value
 
     if field("rope.scaling.type", "none") != "none" or "rope_freqs.weight" in weights:
         raise DFlashError("GGUF files with RoPE scaling (rope.scaling.type, rope_freqs) are not supported")

@@ -17,9 +17,10 @@ CONTROL, USER_DEFINED = 3, 4  # GGUF token types (1 is a normal token)
 SPECIAL_TOKEN_IDS = {"bos_token": "bos", "eos_token": "eos", "unk_token": "unknown", "pad_token": "padding"}
 
 
-def metadata_int(metadata: dict, key: str):
-    value = metadata.get(key)
-    return None if value is None else int(value.item() if isinstance(value, mx.array) else value)
+def metadata_scalar(metadata: dict, key: str, default=None):
+    """A metadata value as Python has it (`mx.load` gives numbers and booleans as 0-d arrays)."""
+    value = metadata.get(key, default)
+    return value.item() if isinstance(value, mx.array) else value
 
 
 def byte_level_bpe(metadata: dict) -> Tokenizer:
@@ -44,8 +45,8 @@ def byte_level_bpe(metadata: dict) -> Tokenizer:
     tokenizer.add_tokens([AddedToken(tokens[i], normalized=False) for i, t in enumerate(types) if t == USER_DEFINED])
     tokenizer.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
                                   for i, t in enumerate(types) if t == CONTROL])  # fmt: skip
-    bos = metadata_int(metadata, "tokenizer.ggml.bos_token_id")
-    if bool(metadata.get("tokenizer.ggml.add_bos_token", False)) and bos is not None:
+    bos = metadata_scalar(metadata, "tokenizer.ggml.bos_token_id")
+    if metadata_scalar(metadata, "tokenizer.ggml.add_bos_token", False) and bos is not None:
         tokenizer.post_processor = processors.TemplateProcessing(
             single=f"{tokens[bos]} $A", pair=f"{tokens[bos]} $A $B", special_tokens=[(tokens[bos], bos)]
         )
@@ -59,7 +60,7 @@ def gguf_tokenizer(metadata: dict) -> TokenizerWrapper:
         raise DFlashError("GGUF file has no tokenizer (tokenizer.ggml.tokens)")
     special = {}
     for argument, role in SPECIAL_TOKEN_IDS.items():
-        token_id = metadata_int(metadata, f"tokenizer.ggml.{role}_token_id")
+        token_id = metadata_scalar(metadata, f"tokenizer.ggml.{role}_token_id")
         if token_id is not None:
             special[argument] = tokens[token_id]
     tokenizer = PreTrainedTokenizerFast(

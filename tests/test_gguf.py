@@ -140,6 +140,16 @@ def test_gguf_loads_the_same_model_as_the_checkpoint(tiny_target, tmp_path, kind
         assert_same_up_to_rounding(logits(kept, tokens), expected, bound)
 
 
+def test_projection_biases_load_in_mlx_lm_order(tmp_path):
+    """Q/K biases are permuted like their rows; MLP biases are not."""
+    target = save_target(tmp_path / "target", target_config("llama", attention_bias=True, mlp_bias=True))
+    write_gguf(target, tmp_path / "biased.gguf", Q.F32)
+    reference, _ = load_target(str(target), "float32")
+    model, _ = load_target(str(tmp_path / "biased.gguf"), "float32")
+    tokens = prompt_of(24)
+    assert mx.array_equal(logits(model, tokens), logits(reference, tokens))
+
+
 def test_llama_cpp_rotary_layout_is_undone(tiny_target, tmp_path):
     """Read as stored, llama.cpp's permuted Q/K rows give other logits: the loader must undo the
     permutation, and a file without it is not the same model."""
@@ -198,6 +208,7 @@ def test_smollm2_tokenizer_and_chat_template(smollm2):
     )
 
 
+@pytest.mark.slow  # about 10 s on two cores
 def test_smollm2_decodes_exactly_with_dflash(smollm2, tmp_path):
     model, tokenizer = smollm2
     args = adapter_for(model).args
