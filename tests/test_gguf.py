@@ -185,8 +185,7 @@ def test_missing_or_broken_gguf_is_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def smollm2():
-    model, tokenizer = load_target(str(SMOLLM2))
-    return model, tokenizer
+    return load_target(str(SMOLLM2), "float32", dequantize="on")
 
 
 def test_smollm2_tokenizer_and_chat_template(smollm2):
@@ -221,3 +220,24 @@ def test_smollm2_decodes_exactly_with_dflash(smollm2, tmp_path):
     reference = plain_generate(pair.adapter, tokenizer, prompt, 16).tokens
     assert tokenizer.decode(reference).startswith("The capital of France is Paris")
     assert dflash.generate(pair, tokenizer, prompt, 16).tokens == reference
+
+
+@pytest.mark.slow  # gguf-py's reader takes a few seconds over the 49k-token vocabulary
+def test_smollm2_weights_equal_gguf_py_decoding(smollm2):
+    """Dequantized, the loaded Q4_1 and Q8_0 layers hold bit for bit what gguf-py's own decoder
+    reads from the file (Q/K rows put back in mlx-lm's order)."""
+    model, _ = smollm2
+    raw = {t.name: t for t in gguf.GGUFReader(str(SMOLLM2)).tensors}
+    args = adapter_for(model).args
+    layer = model.model.layers[7]
+    checks = {
+        "token_embd.weight": (model.model.embed_tokens, None),
+        "blk.7.attn_q.weight": (layer.self_attn.q_proj, args.num_attention_heads),
+        "blk.7.attn_k.weight": (layer.self_attn.k_proj, args.num_key_value_heads),
+        "blk.7.ffn_down.weight": (layer.mlp.down_proj, None),
+    }
+    for name, (module, heads) in checks.items():
+        expected = gguf.quants.dequantize(raw[name].data, raw[name].tensor_type).astype(np.float32)
+        if heads is not None:
+            expected = expected.reshape(heads, -1, 2, expected.shape[1]).swapaxes(1, 2).reshape(expected.shape)
+        assert np.array_equal(np.array(module.weight), expected), name
