@@ -80,14 +80,11 @@ class CandidateSelector(nn.Module):
         """The top-k candidate tokens [N, P, k] of logits [N, P, V] (in no particular order)."""
         return mx.argpartition(-logits, self.top_k - 1, axis=-1)[..., : self.top_k]
 
-    def pair_scores(self, hidden: mx.array, logits: mx.array, candidates: mx.array, anchors: mx.array) -> mx.array:
-        """S [N, P, k, k]: S[n, t, i, j] scores candidate j at position t after candidate i of
-        position t - 1 (at t = 0 every row i holds the score after the anchor). All pairs at once."""
-        projected = self.hidden_projection(hidden)  # [N, P, r]
-        predecessors = mx.concatenate(
-            [mx.broadcast_to(anchors[:, None, None], candidates[:, :1].shape), candidates[:, :-1]], axis=1
-        )  # [N, P, k]: position 0's are all the anchor
-        left = self.predecessor_codebook[predecessors] * projected[:, :, None]  # [N, P, k, r]
+    def scores(self, hidden: mx.array, logits: mx.array, candidates: mx.array, predecessors: mx.array) -> mx.array:
+        """S [N, P, m, k]: S[n, t, i, j] scores candidate j of position t [N, P, k] after
+        predecessor i [N, P, m], all pairs at once; hidden [N, P, D] and logits [N, P, V] are the
+        drafter's at the positions."""
+        left = self.predecessor_codebook[predecessors] * self.hidden_projection(hidden)[:, :, None]  # [N, P, m, r]
         right = self.successor_codebook[candidates]  # [N, P, k, r]
         unary = mx.take_along_axis(logits, candidates, axis=-1)  # [N, P, k]
         return unary[:, :, None, :] + left @ right.swapaxes(-1, -2)
@@ -96,7 +93,11 @@ class CandidateSelector(nn.Module):
         """The greedy path [N, P]: hidden [N, P, D] and logits [N, P, V] at block positions 1..P,
         anchors [N] the blocks' given tokens."""
         candidates = self.candidates(logits)
-        scores = self.pair_scores(hidden, logits, candidates, anchors)
+        # Every candidate of position t - 1 may precede those of t; at t = 0 the anchor does (k times).
+        predecessors = mx.concatenate(
+            [mx.broadcast_to(anchors[:, None, None], candidates[:, :1].shape), candidates[:, :-1]], axis=1
+        )
+        scores = self.scores(hidden, logits, candidates, predecessors)
         rows = mx.arange(candidates.shape[0])
         choice = mx.argmax(scores[:, 0, 0], axis=-1)
         path = [candidates[rows, 0, choice]]

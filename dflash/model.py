@@ -183,6 +183,9 @@ class DFlashDraftModel(nn.Module):
         """(logits [N, P, V], path [N, P] or None) from the drafter's output at block positions 1..P
         [N, P, D]: the target's `lm_head` scaled as the config says, and a DFlash 2 drafter's
         selector path after the blocks' given tokens `anchors` [N]."""
-        config = self.config
-        logits = scale_logits(lm_head(hidden), config.output_multiplier, config.final_logit_softcapping)
-        return logits, self.candidate_selector(hidden, logits, anchors) if config.dflash2 else None
+        logits = self.logits(hidden, lm_head)
+        return logits, self.candidate_selector(hidden, logits, anchors) if self.config.dflash2 else None
+
+    def logits(self, hidden: mx.array, lm_head) -> mx.array:
+        """The drafter's logits: the target's `lm_head` on its output, scaled as the config says."""
+        return scale_logits(lm_head(hidden), self.config.output_multiplier, self.config.final_logit_softcapping)

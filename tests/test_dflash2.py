@@ -6,7 +6,9 @@ when sampling, with the selector proposing."""
 import json
 import math
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlx.core as mx
 import numpy as np
@@ -23,7 +25,8 @@ from dflash.dflash2 import CandidateSelector, DynamicConv
 from dflash.generate import plain_generate
 from dflash.sampling import SamplingSettings
 from eval.cli import main as eval_main
-from tests.helpers import OracleProposals, save_target, target_config
+from tests.helpers import OracleProposals, make_tiny_data, metrics, save_target, target_config, tiny_config, weights
+from train.dflash_train import selector_loss, train, with_gold
 
 SMALL_VOCAB = 8  # a random drafter's proposals are then often what the target would say
 
@@ -49,7 +52,7 @@ def published_config(target: dict, *, layers=2, block_size=8, top_k=4, rank=8, g
         "vocab_size": target["vocab_size"],
     }  # fmt: skip
     dflash_overrides = {k: overrides.pop(k) for k in list(overrides) if k in config["dflash_config"] or
-                        k in ("output_multiplier", "final_logit_softcapping")}  # fmt: skip
+                        k in ("output_multiplier", "final_logit_softcapping", "input_embedding_scale")}  # fmt: skip
     config["dflash_config"].update(dflash_overrides)
     config.update(overrides)
     return config
@@ -206,6 +209,23 @@ def test_logits_are_scaled_and_softcapped_as_the_config_says(pairs):
     logits, _ = model.draft.finish_block(hidden, model.adapter.lm_head, mx.array([5]))
     raw = np.array(model.adapter.lm_head(hidden))
     np.testing.assert_allclose(np.array(logits), 3.0 * np.tanh(raw * 0.25 / 3.0), rtol=1e-5, atol=1e-6)
+
+
+def test_input_embedding_scale_scales_the_block(pairs):
+    scaled, _ = dflash.load(*pairs("llama", input_embedding_scale=2.0))
+    plain, _ = dflash.load(*pairs("llama"))
+    block, context = scaled.adapter.embed(mx.array([[5, 2, 2]])), mx.random.normal((1, 4, 2 * 64))
+    assert scaled.draft.config.input_embedding_scale == 2.0
+    assert mx.array_equal(scaled.draft(block, context, scaled.draft.make_cache()),
+                          plain.draft(2.0 * block, context, plain.draft.make_cache()))  # fmt: skip
+
+
+def test_a_quantized_dflash2_drafter_stays_exact(pairs):
+    model, tokenizer = dflash.load(*pairs("qwen3", vocab_size=SMALL_VOCAB), draft_bits=8)
+    assert "scales" in model.draft.layers[0].attention_conv.kernel_projection
+    tokenizer.eos_token_ids = set()
+    prompt = small_prompt(12, 4)
+    assert dflash.generate(model, tokenizer, prompt, 24).tokens == plain_generate(model.adapter, tokenizer, prompt, 24).tokens
 
 
 def test_the_selector_proposes_for_the_argmax_rules_only(pairs):
@@ -374,3 +394,59 @@ def test_step_costs_report_what_the_dflash2_modules_add(pairs, tmp_path):
     assert {"draft", "draft_backbone", "selector", "verify"} <= set(result)
     assert result["dflash2_added_share"] == pytest.approx(result["selector_share"] + result["convolutions_share"])
     assert "selector / step" in (out / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def test_the_gold_token_joins_the_candidates_in_place_of_the_weakest():
+    logits = mx.array([[[0.0, 5.0, 4.0, 1.0, 3.0], [2.0, 0.0, 1.0, 9.0, 8.0]]])
+    candidates = mx.array([[[1, 2, 4], [3, 4, 0]]])
+    gold = with_gold(candidates, logits, mx.array([[0, 4]]))
+    assert gold.tolist() == [[[1, 2, 0], [3, 4, 0]]]  # 4 (logit 3) gave way to 0; 4 was there
+
+
+def test_selector_loss_is_the_cross_entropy_of_its_scores_after_the_gold_path():
+    mx.random.seed(2)
+    selector = CandidateSelector(hidden_size=16, vocab_size=12, rank=4, top_k=3)
+    hidden, logits = mx.random.normal((2, 3, 16)), mx.random.normal((2, 3, 12))
+    tokens, labels = mx.array([[5, 2, 2, 2], [7, 2, 2, 2]]), mx.array([[1, 9, 4], [0, 0, 11]])
+    weights = mx.array([[1.0, 0.5, 0.25], [1.0, 0.5, 0.0]])
+    blocks = SimpleNamespace(tokens=tokens, labels=labels, weights=weights)
+    loss, _ = selector_loss(selector, hidden, logits, blocks)
+    A, B = np.array(selector.predecessor_codebook), np.array(selector.successor_codebook)
+    H, U = np.array(hidden) @ np.array(selector.hidden_projection.weight).T, np.array(logits)
+    expected = 0.0
+    for n in range(2):
+        for t in range(3):
+            gold, previous = int(labels[n, t]), int(tokens[n, 0]) if t == 0 else int(labels[n, t - 1])
+            candidates = list(np.argsort(-U[n, t])[:3])
+            if gold not in candidates:
+                candidates[-1] = gold
+            scores = np.array([U[n, t, b] + np.sum(A[previous] * H[n, t] * B[b]) for b in candidates])
+            log_softmax = scores - scores.max() - np.log(np.exp(scores - scores.max()).sum())
+            expected -= float(weights[n, t]) * log_softmax[candidates.index(gold)]
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.slow  # a whole training run
+def test_training_a_dflash2_drafter(tmp_path):
+    target, data_dir = make_tiny_data(tmp_path, "llama")
+    config = tiny_config(target, data_dir, tmp_path / "run", dflash2=True, selector_rank=8, selector_top_k=8)
+    drafter = train(config)
+    records = metrics(tmp_path / "run")
+    assert records[-1]["loss"] < records[0]["loss"] and records[-1]["selector_loss"] < records[0]["selector_loss"]
+    saved = json.loads((drafter / "config.json").read_text())
+    assert saved["architectures"] == ["DFlash2DraftModel"]
+    assert {"selector_rank": 8, "selector_top_k": 8, "conv_group_size": 16, "conv_kernel_size": 2,
+            "block_size": 8}.items() <= saved["dflash_config"].items()  # fmt: skip
+    trained = weights(drafter)
+    assert "candidate_selector.predecessor_codebook" in trained
+    assert not mx.array_equal(trained["layers.0.attention_conv.base_kernel"],
+                              DynamicConv(64, 2, 16).base_kernel)  # the convolutions trained  # fmt: skip
+    model, tokenizer = dflash.load(str(target), str(drafter))
+    prompt = [5, 17, 99, 230]
+    assert dflash.generate(model, tokenizer, prompt, 24).tokens == plain_generate(model.adapter, tokenizer, prompt, 24).tokens
+    with pytest.raises(DFlashError, match="conv_group_size 24 does not divide hidden_size 64"):
+        train(replace(config, out=str(tmp_path / "bad"), conv_group_size=24))

@@ -7,6 +7,10 @@ Each optimizer step takes `batch_size` regenerated sequences (split over the dat
 ranks). Per sequence: the frozen target computes its tapped hidden states, random anchors are
 drawn in the response, and every block of the sequence trains in one drafter pass. The loss
 is the weighted cross-entropy over all predicted block positions of the step's sequences.
+
+With `dflash2` the drafter is a DFlash 2 drafter (dflash/dflash2.py), its convolutions starting
+as the identity, and a selector loss joins the block loss (`selector_loss`). Saved in the
+published DFlash 2 format.
 """
 
 import json
@@ -35,6 +39,8 @@ from .hidden_states import HiddenStateShards, target_hidden
 from .schedule import batch_of_step, learning_rate_schedule
 
 MASK_TOKEN_NAMES = ("<|mask|>", "<|MASK|>", "<mask>", "[MASK]")
+# A DFlash 2 run's drafter sizes and loss weight: recorded in its resume settings (only when on).
+DFLASH2_SETTINGS = ("selector_rank", "selector_top_k", "conv_group_size", "conv_kernel_size", "selector_weight")
 # Settings a resumed run must share with the run it continues; the others may change.
 TRAJECTORY_FIELDS = (
     "target", "data", "draft_layers", "block_size", "target_layer_ids", "mask_token_id", "anchors", "gamma",
@@ -65,6 +71,12 @@ class TrainConfig:
     grad_clip: float = 1.0
     residual_init_scale: float = 0.05  # see scale_residual_writes
     init_from_target: bool = False  # start the draft layers as the target's last layers (copy_target_layers)
+    dflash2: bool = False  # a DFlash 2 drafter: convolutions and a path selector of these sizes
+    selector_rank: int = 256
+    selector_top_k: int = 16
+    conv_group_size: int = 16
+    conv_kernel_size: int = 2
+    selector_weight: float = 1.0  # the selector loss's weight beside the block loss
     seed: int = 0
     save_every: int = 100
     keep_checkpoints: int = 2
@@ -98,7 +110,17 @@ def make_draft_config(config: TrainConfig, adapter, tokenizer) -> DraftConfig:
         for name in ("head_dim", "rms_norm_eps", "rope_theta", "rope_scaling", "max_position_embeddings")
         if getattr(args, name, None) is not None
     }
-    draft_config = DraftConfig(
+    try:
+        draft_config = make_config(config, adapter, tokenizer, optional)
+    except ValueError as e:  # DFlash 2 sizes that do not fit the target
+        raise DFlashError(f"drafter settings: {e}") from None
+    check_pair(adapter, draft_config)
+    return draft_config
+
+
+def make_config(config: TrainConfig, adapter, tokenizer, optional: dict) -> DraftConfig:
+    args = adapter.args
+    return DraftConfig(
         hidden_size=adapter.hidden_size,
         num_hidden_layers=config.draft_layers,
         num_attention_heads=args.num_attention_heads,
@@ -110,9 +132,8 @@ def make_draft_config(config: TrainConfig, adapter, tokenizer) -> DraftConfig:
         target_layer_ids=config.target_layer_ids or adapter.default_layer_ids(config.draft_layers),
         mask_token_id=choose_mask_token(tokenizer, adapter, config.mask_token_id),
         **optional,
+        **({name: getattr(config, name) for name in DFLASH2_SETTINGS[:4]} if config.dflash2 else {}),
     )
-    check_pair(adapter, draft_config)
-    return draft_config
 
 
 def scale_residual_writes(draft: DFlashDraftModel, scale: float) -> None:
@@ -143,14 +164,41 @@ def copy_target_layers(draft: DFlashDraftModel, adapter) -> None:
         layer.update(tree_unflatten(shared))
 
 
-def block_loss(draft, adapter, blocks, hidden):
-    """Sum of weighted cross-entropies over the blocks' predicted positions, and the number of
-    correct top-1 predictions among the positions with a label."""
-    out = draft(adapter.embed(blocks.tokens), hidden, block_offset=blocks.anchors, mask=blocks.mask)
-    logits = adapter.lm_head(out[:, 1:])
+def block_loss(draft, adapter, blocks, hidden, selector_weight: float = 1.0):
+    """The loss: the sum of weighted cross-entropies over the blocks' predicted positions, plus a
+    DFlash 2 drafter's selector loss times `selector_weight`. With it [correct top-1 predictions
+    among the positions with a label, the selector loss, the selector's correct choices]."""
+    out = draft(adapter.embed(blocks.tokens), hidden, block_offset=blocks.anchors, mask=blocks.mask)[:, 1:]
+    logits = draft.logits(out, adapter.lm_head)
     loss = (nn.losses.cross_entropy(logits, blocks.labels) * blocks.weights).sum()
     correct = ((logits.argmax(-1) == blocks.labels) * (blocks.weights > 0)).sum()
-    return loss, correct
+    chose, chose_right = mx.array(0.0), mx.array(0)
+    if draft.config.dflash2:
+        chose, chose_right = selector_loss(draft.candidate_selector, out, logits, blocks)
+    return loss + selector_weight * chose, mx.stack([correct, chose, chose_right])
+
+
+def with_gold(candidates: mx.array, logits: mx.array, labels: mx.array) -> mx.array:
+    """The top-k candidates [N, P, k] with the gold token `labels` [N, P] in place of the least
+    likely one where it is missing, so that the selector always has the right answer to choose."""
+    present = (candidates == labels[..., None]).any(axis=-1, keepdims=True)
+    weakest = mx.argmin(mx.take_along_axis(logits, candidates, axis=-1), axis=-1, keepdims=True)
+    replace = (mx.arange(candidates.shape[-1]) == weakest) & ~present
+    return mx.stop_gradient(mx.where(replace, labels[..., None], candidates))
+
+
+def selector_loss(selector, hidden, logits, blocks):
+    """The path selector's loss (our training objective; the public DFlash 2 descriptions name
+    only its parts): at every predicted position, cross-entropy of the selector's scores over its
+    candidates (the gold token among them) after the gold previous token (the anchor at the first),
+    weighted as the block loss. Returns (loss, correct choices)."""
+    labels = blocks.labels
+    candidates = with_gold(selector.candidates(logits), logits, labels)
+    predecessors = mx.concatenate([blocks.tokens[:, :1], labels[:, :-1]], axis=1)[..., None]
+    scores = selector.scores(hidden, logits, candidates, predecessors)[:, :, 0]  # [N, P, k]
+    gold = mx.stop_gradient(mx.argmax(candidates == labels[..., None], axis=-1))
+    loss = (nn.losses.cross_entropy(scores, gold) * blocks.weights).sum()
+    return loss, ((scores.argmax(-1) == gold) * (blocks.weights > 0)).sum()
 
 
 def broadcast_from_rank0(tree, group):
@@ -220,6 +268,8 @@ def train(config: TrainConfig) -> Path:
     settings = {**{k: asdict(config)[k] for k in TRAJECTORY_FIELDS}, "num_sequences": len(sequences)}
     if config.init_from_target:  # recorded only when on, so that runs from before the option still resume
         settings["init_from_target"] = True
+    if config.dflash2:  # as init_from_target
+        settings.update(dflash2=True, **{name: getattr(config, name) for name in DFLASH2_SETTINGS})
 
     step, run_id = 0, None
     if rank == 0:
@@ -247,16 +297,19 @@ def train(config: TrainConfig) -> Path:
         tic = time.perf_counter()
         epoch, batch = batch_of_step(config.seed, step, len(train_sequences), config.batch_size)
 
-        grads, totals = None, mx.zeros(4)  # weighted loss, weight, correct, labelled positions
+        # weighted loss, weight, correct, labelled positions, selector loss, selector's correct choices
+        grads, totals = None, mx.zeros(6)
         for i in batch[rank::world]:
             sequence = train_sequences[i]
             tokens = np.array(sequence.tokens)
             rng = anchor_rng(config.seed, epoch, sequence.index)
             anchors = sample_anchors(rng, len(sequence.prompt_ids), len(tokens), config.anchors)
             blocks = make_blocks(tokens, anchors, config.block_size, draft_config.mask_token_id, config.gamma)
-            (loss, correct), seq_grads = loss_and_grad(draft, adapter, blocks, hidden_states_of(sequence))
+            (loss, counts), seq_grads = loss_and_grad(draft, adapter, blocks, hidden_states_of(sequence),
+                                                      config.selector_weight)  # fmt: skip
             grads = seq_grads if grads is None else tree_map(mx.add, grads, seq_grads)
-            totals = totals + mx.stack([loss, blocks.weights.sum(), correct, (blocks.weights > 0).sum()])
+            loss = loss - config.selector_weight * counts[1]  # the block loss alone, comparable with DFlash's
+            totals = totals + mx.stack([loss, blocks.weights.sum(), counts[0], (blocks.weights > 0).sum(), *counts[1:]])
             mx.eval(grads, totals)
 
         totals = mx.distributed.all_sum(totals, group=group) if world > 1 else totals
@@ -268,10 +321,12 @@ def train(config: TrainConfig) -> Path:
         mx.eval(draft.parameters(), optimizer.state, grad_norm)
         step += 1
 
-        loss, weight, correct, labelled = totals.tolist()
+        loss, weight, correct, labelled, chose, chose_right = totals.tolist()
         record = {"step": step, "epoch": epoch, "loss": loss / weight, "accuracy": correct / labelled,
                   "lr": optimizer.learning_rate.item(), "grad_norm": grad_norm.item(), "ranks": world,
                   "step_time": time.perf_counter() - tic}  # fmt: skip
+        if config.dflash2:
+            record.update(selector_loss=chose / weight, selector_accuracy=chose_right / labelled)
         if rank == 0:
             if config.eval_prompts and (step % config.eval_every == 0 or step == last_step):
                 record["tau"] = evaluate_tau(eval_model, tokenizer, eval_sequences, config.eval_max_tokens)
