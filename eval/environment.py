@@ -62,9 +62,13 @@ def git_state():
 
 
 def checkpoint_hashes(path_or_repo: str, role: str) -> Dict[str, str]:
-    """sha256 of the config.json and *.safetensors files of a checkpoint directory."""
-    directory = resolve_path(path_or_repo, role)
-    files = sorted(directory.glob("*.safetensors")) + [directory / "config.json"]
+    """sha256 of the config.json and *.safetensors files of a checkpoint directory, or of a
+    single-file checkpoint (GGUF)."""
+    if Path(path_or_repo).expanduser().is_file():
+        files = [Path(path_or_repo).expanduser()]
+    else:
+        directory = resolve_path(path_or_repo, role)
+        files = sorted(directory.glob("*.safetensors")) + [directory / "config.json"]
     return {file.name: file_sha256(file) for file in files if file.is_file()}
 
 

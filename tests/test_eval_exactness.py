@@ -1,10 +1,12 @@
+import hashlib
+
 import mlx.core as mx
 import pytest
 
 import dflash
 from dflash.generate import plain_generate, encode_prompt
 from eval.bench import DFLASH, PLAIN, Run, analyse
-from eval.environment import environment
+from eval.environment import checkpoint_hashes, environment
 from eval.exactness import divergence_record, first_divergence, logit_gap
 from eval.report import build_report, markdown
 from eval.suites import Prompt, suite_hash
@@ -124,3 +126,9 @@ def test_near_tie_divergence_end_to_end_in_the_report(near_tie):
     env = environment(checkpoints, "float32", suite_hash(prompts), seed=0)
     text = markdown(build_report(config, env, results))
     assert "| tiny/fox | DFlash | 2 |" in text and "near-tie" in text
+
+
+def test_a_single_file_checkpoint_is_hashed(tmp_path):
+    weights = tmp_path / "model.gguf"
+    weights.write_bytes(b"GGUF")
+    assert checkpoint_hashes(str(weights), "target") == {"model.gguf": hashlib.sha256(b"GGUF").hexdigest()}

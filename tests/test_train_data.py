@@ -104,3 +104,12 @@ def test_bad_input_is_a_one_line_error(tiny, tmp_path, capsys):
     arguments = ["run", "--target", str(target), "--data", str(data_dir), "--out", str(tmp_path), "--batch-size", "64"]
     assert main(arguments + ["--wandb", "disabled"]) == 1
     assert "do not fill one batch of 64" in capsys.readouterr().err
+
+
+def test_a_single_file_target_is_fingerprinted_by_its_file(tmp_path):
+    weights = tmp_path / "model.gguf"
+    weights.write_bytes(b"GGUF" + bytes(16))
+    before = data.target_fingerprint(str(weights))
+    assert before != str(weights)
+    weights.write_bytes(b"GGUF" + bytes(32))
+    assert data.target_fingerprint(str(weights)) != before

@@ -50,12 +50,15 @@ def canonical(path_or_id: str) -> str:
 
 
 def target_fingerprint(path: str) -> str:
-    """Changes when the target's config or weight files change."""
-    directory = Path(path).expanduser()
-    if not directory.is_dir():
+    """Changes when the target's config or weight files change (a GGUF target is one file)."""
+    location = Path(path).expanduser()
+    if location.is_file():
+        digest, weights = hashlib.sha256(), [location]
+    elif location.is_dir():
+        digest, weights = hashlib.sha256((location / "config.json").read_bytes()), sorted(location.glob("*.safetensors"))
+    else:
         return path  # a hub id names a fixed checkpoint well enough
-    digest = hashlib.sha256((directory / "config.json").read_bytes())
-    for file in sorted(directory.glob("*.safetensors")):
+    for file in weights:
         digest.update(f"{file.name}:{file.stat().st_size}:{file.stat().st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
