@@ -29,6 +29,9 @@ KIND_NAMES = {"size": "a positive integer", "int": "an integer", "number": "a nu
 DFLASH_FIELDS = ("target_layer_ids", "mask_token_id", "block_size", "output_multiplier", "final_logit_softcapping",
                  "input_embedding_scale", "conv_kernel_size", "conv_group_size", "selector_rank", "selector_top_k")
 DFLASH2_FIELDS = ("conv_kernel_size", "conv_group_size", "selector_rank", "selector_top_k")
+# Read for DFlash 2 drafters only: a DFlash config that copies its target's fields (a top-level
+# final_logit_softcapping) keeps its drafter's logits as they were.
+DFLASH2_SCALING = ("output_multiplier", "final_logit_softcapping", "input_embedding_scale")
 LAYER_KINDS = ("full_attention", "sliding_attention")
 
 
@@ -129,6 +132,8 @@ class DraftConfig:
         architecture = (config.get("architectures") or [None])[0]
         fields = {k: v for k, v in config.items() if k in FIELD_KINDS}
         fields.update({k: dflash_config[k] for k in DFLASH_FIELDS if k in dflash_config})
+        if architecture != dflash2.ARCHITECTURE:
+            fields = {k: v for k, v in fields.items() if k not in DFLASH2_SCALING}
         if "rope_theta" not in fields and isinstance(fields.get("rope_parameters"), dict):
             if "rope_theta" in fields["rope_parameters"]:
                 fields["rope_theta"] = fields["rope_parameters"]["rope_theta"]

@@ -126,6 +126,12 @@ def check_pair(adapter: DecoderAdapter, config: DraftConfig) -> None:
         raise DFlashError(f"drafter mask_token_id {config.mask_token_id} is outside the vocabulary")
     if config.block_size < 2:
         raise DFlashError(f"drafter block_size {config.block_size} is below 2")
+    # The drafter scales the logits of the target's LM head as z-lab's reference does, the raw
+    # head's; an adapter that post-processes its head's logits (Gemma's softcap) would scale twice.
+    scales = config.output_multiplier != 1.0 or config.final_logit_softcapping
+    if scales and type(adapter).lm_head is not DecoderAdapter.lm_head:
+        raise DFlashError(f"the {adapter.family} target's LM head scales its own logits; a drafter that scales "
+                          "them too (output_multiplier, final_logit_softcapping) is not supported")  # fmt: skip
 
 
 def quantize_draft(draft: DFlashDraftModel, bits: int) -> None:
