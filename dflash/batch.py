@@ -33,7 +33,7 @@ from adapters.ragged import RaggedKVCache
 from . import decode
 from .acceptance import Acceptance, GreedyAcceptance
 from .block_size import AUTO, AutoBlockSize
-from .generate import GenerationResponse, GenerationResult, Responder, collect, encode_prompt
+from .generate import GenerationResponse, GenerationResult, Responder, collect, encode_prompt, within_window
 from .loading import DFlashModel
 from .stats import GenerationStats
 
@@ -228,7 +228,7 @@ def batch_generate(
     decoder = BatchDecoder(model, tokenizer, block_size=block_size, acceptance=acceptance)
     prompt_ids = [encode_prompt(model.adapter, tokenizer, prompt, chat, thinking) for prompt in prompts]
     mx.reset_peak_memory()
-    uids = decoder.insert(prompt_ids, [max_tokens] * len(prompt_ids), seeds)
+    uids = decoder.insert(prompt_ids, [within_window(model.adapter, ids, max_tokens) for ids in prompt_ids], seeds)
     responses = {uid: [] for uid in uids}
     while decoder.rows:
         for uid, response in decoder.step():

@@ -49,14 +49,33 @@ class DecodeState:
         return key
 
 
+# mx.random.key takes a 64-bit unsigned seed.
+SEED_RANGE = range(2**64)
+
+
+def whole_number(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_max_tokens(max_tokens: int) -> None:
-    if max_tokens < 1:
-        raise DFlashError(f"max tokens must be at least 1, got {max_tokens}")
+    if not (whole_number(max_tokens) and max_tokens >= 1):
+        raise DFlashError(f"max tokens must be at least 1, got {max_tokens!r}")
+
+
+def check_seed(seed: Optional[int]) -> None:
+    """None (a seed drawn from mlx's global generator) or a whole number in SEED_RANGE."""
+    if seed is not None and not (whole_number(seed) and seed in SEED_RANGE):
+        raise DFlashError(f"seed must be a whole number from 0 to 2**64 - 1, got {seed!r}")
+
+
+def check_draft_window(draft_window: Optional[int]) -> None:
+    if draft_window is not None and not (whole_number(draft_window) and draft_window >= 1):
+        raise DFlashError(f"the drafter's context window must be at least 1 position, got {draft_window!r}")
 
 
 def check_block_size(model: DFlashModel, block_size: Union[int, str, None]) -> None:
     """A block size is "auto", None (the drafter's) or between 2 and the drafter's."""
-    if block_size not in (AUTO, None) and not 2 <= block_size <= model.block_size:
+    if block_size not in (AUTO, None) and not (whole_number(block_size) and 2 <= block_size <= model.block_size):
         raise DFlashError(f"block size must be between 2 and the drafter's {model.block_size}, got {block_size}")
 
 
@@ -78,8 +97,8 @@ def start(
     check_max_tokens(max_tokens)
     check_block_size(model, block_size)
     auto = block_size == AUTO
-    if draft_window is not None and draft_window < 1:
-        raise DFlashError(f"the drafter's context window must be at least 1 position, got {draft_window}")
+    check_draft_window(draft_window)
+    check_seed(seed)
     if seed is None:
         seed = mx.random.randint(0, 2**31 - 1).item()
     return DecodeState(
