@@ -151,8 +151,12 @@ ACCEPTANCE_RULES = {"speculative": SpeculativeSampling, "match": TokenMatching, 
 def make_acceptance(settings: SamplingSettings, rule: str = "speculative") -> Acceptance:
     """The acceptance rule for `settings`: greedy at temperature 0 (whatever `rule` says),
     otherwise `rule`, one of ACCEPTANCE_RULES."""
-    if rule not in ACCEPTANCE_RULES:
-        raise DFlashError(f"acceptance rule must be one of {sorted(ACCEPTANCE_RULES)}, got {rule!r}")
+    check_rule(rule)
     if settings.greedy:
         return GreedyAcceptance()
     return ACCEPTANCE_RULES[rule](settings)
+
+
+def check_rule(rule: str) -> None:
+    if rule not in ACCEPTANCE_RULES:
+        raise DFlashError(f"acceptance rule must be one of {sorted(ACCEPTANCE_RULES)}, got {rule!r}")

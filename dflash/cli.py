@@ -5,6 +5,7 @@ With no model arguments it runs the offline default pair shipped in dflash/check
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 
@@ -104,20 +105,23 @@ def engine_from(args) -> Engine:
 
 def run(args) -> dict:
     """Route the prompt, generate (printing as asked), and return the report."""
-    if args.max_new_tokens < 1:
-        raise DFlashError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     settings = SamplingSettings(args.temperature, args.top_p, args.top_k, args.min_p)
     request = Request(args.prompt, args.max_new_tokens, settings, args.acceptance, args.seed, args.block_size,
                       args.draft_window, args.chat, args.thinking, args.route)  # fmt: skip
     engine = engine_from(args)
     decision = engine.route(request)
+    prepared = engine.prepare(request, decision.route)
     baseline = args.baseline and decision.route != FAST
     if baseline:
         engine.warm_up(request)
-    responses = engine.stream(request, decision.route)
+    responses = engine.run(prepared)
     result = collect(printed(responses) if args.stream and not args.json else responses)
     if not args.stream and not args.json:
         print(result.text)
+    if prepared.stops_at_window and result.finish_reason == "length":
+        window = len(prepared.prompt_ids) + prepared.max_tokens
+        print(f"dflash-mlx: stopped at the context window of {window} tokens, after {result.stats.generated_tokens} "
+              f"of the {request.max_tokens} new tokens asked for", file=sys.stderr)  # fmt: skip
 
     stats = result.stats
     report = {"route": decision.route, "route_reason": decision.reason, "router_latency_s": decision.latency_s}
@@ -126,7 +130,7 @@ def run(args) -> dict:
     else:
         model, _ = engine.expert
         report.update(target_model=engine.target_path, draft_model=engine.draft_path, dtype=model.dtype,
-                      block_size=args.block_size or engine.pair.block_size or model.block_size,
+                      block_size=engine.block_size(request.block_size) or model.block_size,
                       draft_window=args.draft_window)  # fmt: skip
     report.update(
         blas=blas.loaded or "reference",
@@ -202,17 +206,40 @@ def summary_line(report: dict) -> str:
     return line
 
 
+def open_standard_streams() -> None:
+    """Open /dev/null on any of fds 0-2 that the caller closed (`<&-`), so that no file the
+    program opens takes their place and gets read or written as stdin, stdout or stderr."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
+
+
+def interrupted(prog: str, error: BaseException) -> int:
+    """A user's ^C or a reader gone (`| head`): no traceback; the exit status says which."""
+    if isinstance(error, KeyboardInterrupt):
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    # Python would complain again flushing the closed pipe at exit.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
+
+
 def main(argv=None) -> int:
+    open_standard_streams()
     args = build_parser().parse_args(argv)
     try:
         report = run(args)
+        if args.json:
+            print(json.dumps(report))
+        else:
+            print(summary_line(report), file=sys.stderr)
     except DFlashError as e:
         print(f"dflash-mlx: error: {e}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(summary_line(report), file=sys.stderr)
+    except (KeyboardInterrupt, BrokenPipeError) as e:
+        return interrupted("dflash-mlx", e)
     return 0
 
 

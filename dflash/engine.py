@@ -6,7 +6,7 @@ time a route needs them. The CLI, the benchmarks and the server are thin layers 
 """
 
 from dataclasses import dataclass, field, replace
-from typing import Iterator, Optional, Tuple, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 from adapters.errors import DFlashError
 from adapters.routing import (
@@ -22,8 +22,19 @@ from adapters.routing import (
     make_router,
 )
 
-from .acceptance import make_acceptance
-from .generate import GenerationResponse, GenerationResult, plain_generate, stream_generate, stream_plain
+from .acceptance import check_rule, make_acceptance
+from .block_size import AUTO
+from .decode import check_block_size, check_draft_window, check_max_tokens, check_seed, whole_number
+from .generate import (
+    GenerationResponse,
+    GenerationResult,
+    check_prompt_form,
+    encode_prompt,
+    plain_generate,
+    stream_generate,
+    stream_plain,
+    within_window,
+)
 from .loading import DFlashModel, load
 from .presets import CHECKPOINTS, DEFAULT_DRAFT, DEFAULT_FAST, DEFAULT_ROUTER_PROBE, DEFAULT_TARGET, PRESETS, Preset
 from .sampling import SamplingSettings
@@ -34,8 +45,11 @@ WARMUP_TOKENS = 8
 
 @dataclass(frozen=True)
 class Request:
-    prompt: Union[str, list]  # text, or token ids (no chat template then)
-    max_tokens: int = 256
+    """What one generation asks for, each setting checked as it is made (a DFlashError naming the
+    setting); `Engine.prepare` checks it against the models of its route."""
+
+    prompt: Union[str, list]  # text, token ids (no chat template then) or a conversation of messages
+    max_tokens: int = 256  # at most: generation also stops at the target's context window
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     acceptance: str = "speculative"  # the rule at temperature > 0: speculative, match or argmax
     seed: Optional[int] = None
@@ -44,6 +58,34 @@ class Request:
     chat: bool = True
     thinking: Optional[bool] = None  # the chat template's thinking switch; None: the family's default
     route: str = EXPERT  # expert, fast or auto
+
+    def __post_init__(self):
+        check_prompt_form(self.prompt)
+        check_max_tokens(self.max_tokens)
+        if not isinstance(self.sampling, SamplingSettings):
+            raise DFlashError(f"sampling must be SamplingSettings, got {self.sampling!r}")
+        check_rule(self.acceptance)
+        check_seed(self.seed)
+        if self.block_size not in (AUTO, None) and not whole_number(self.block_size):
+            raise DFlashError(f"block size must be auto or a whole number, got {self.block_size!r}")
+        check_draft_window(self.draft_window)
+        if self.route not in ROUTE_CHOICES:
+            raise DFlashError(f"unknown route {self.route!r}; choose one of {', '.join(ROUTE_CHOICES)}")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request checked against the models of its route, ready to run: its prompt's token ids
+    (the chat template applied) and the tokens it may generate within the context window."""
+
+    request: Request
+    route: str  # FAST or EXPERT
+    prompt_ids: List[int]
+    max_tokens: int  # the request's, or fewer where the context window ends first
+
+    @property
+    def stops_at_window(self) -> bool:
+        return self.max_tokens < self.request.max_tokens
 
 
 def resolve_pair(target: Optional[str], draft: Optional[str], preset: Optional[str]) -> Preset:
@@ -115,34 +157,54 @@ class Engine:
 
     def route(self, request: Request) -> RouteDecision:
         """Where `request` goes, and why."""
-        if request.route not in ROUTE_CHOICES:
-            raise DFlashError(f"unknown route '{request.route}'; choose one of {', '.join(ROUTE_CHOICES)}")
         if isinstance(request.prompt, str):
             check_prompt(request.prompt)
         if request.route != "auto":
-            return RouteDecision(request.route, "chosen with --route", "request")
+            return RouteDecision(request.route, "chosen by the request", "request")
         if not isinstance(request.prompt, str):
             raise DFlashError("the router reads text: give the prompt as text to route it")
         return self.router.route(request.prompt)
 
-    def stream(self, request: Request, route: str) -> Iterator[GenerationResponse]:
-        """Generate on `route` (FAST or EXPERT), one response per step."""
+    def prepare(self, request: Request, route: str) -> Prepared:
+        """`request` checked against the models of `route` (FAST or EXPERT): its block size against
+        the drafter, its prompt tokenized and checked against the vocabulary and context window.
+        Needs no MLX work but the models' loading, so it may run off the thread that generates."""
         if route == FAST:
+            adapter, tokenizer = self.fast.adapter, self.fast.tokenizer
+        else:
+            model, tokenizer = self.expert
+            adapter = model.adapter
+            check_block_size(model, request.block_size)
+        prompt_ids = encode_prompt(adapter, tokenizer, request.prompt, request.chat, request.thinking)
+        return Prepared(request, route, prompt_ids, within_window(adapter, prompt_ids, request.max_tokens))
+
+    def block_size(self, asked: Union[int, str, None]) -> Union[int, str, None]:
+        """The block size asked for, else the pair's (None: the drafter's own)."""
+        return asked if asked is not None else self.pair.block_size
+
+    def run(self, prepared: Prepared) -> Iterator[GenerationResponse]:
+        """Generate, one response per step."""
+        request = prepared.request
+        if prepared.route == FAST:
             fast = self.fast
-            return stream_plain(fast.adapter, fast.tokenizer, request.prompt, request.max_tokens, chat=request.chat,
-                                thinking=request.thinking, sampling=request.sampling, seed=request.seed)  # fmt: skip
+            return stream_plain(fast.adapter, fast.tokenizer, prepared.prompt_ids, prepared.max_tokens,
+                                sampling=request.sampling, seed=request.seed)  # fmt: skip
         model, tokenizer = self.expert
         return stream_generate(
-            model, tokenizer, request.prompt, request.max_tokens, block_size=request.block_size or self.pair.block_size,
-            chat=request.chat, thinking=request.thinking, acceptance=make_acceptance(request.sampling, request.acceptance),
-            seed=request.seed, draft_window=request.draft_window,
+            model, tokenizer, prepared.prompt_ids, prepared.max_tokens, block_size=self.block_size(request.block_size),
+            acceptance=make_acceptance(request.sampling, request.acceptance), seed=request.seed,
+            draft_window=request.draft_window,
         )  # fmt: skip
+
+    def stream(self, request: Request, route: str) -> Iterator[GenerationResponse]:
+        """Generate on `route` (FAST or EXPERT), one response per step."""
+        return self.run(self.prepare(request, route))
 
     def baseline(self, request: Request) -> GenerationResult:
         """Plain mlx-lm decoding of the expert's target with the request's settings."""
         model, tokenizer = self.expert
-        return plain_generate(model.adapter, tokenizer, request.prompt, request.max_tokens, chat=request.chat,
-                              thinking=request.thinking,
+        prepared = self.prepare(request, EXPERT)
+        return plain_generate(model.adapter, tokenizer, prepared.prompt_ids, prepared.max_tokens,
                               sampling=request.sampling, seed=request.seed)  # fmt: skip
 
     def warm_up(self, request: Request) -> None:

@@ -41,15 +41,45 @@ class GenerationResult:
     finish_reason: str
 
 
+def check_text(text: str, what: str) -> None:
+    """Text a tokenizer can take: no lone surrogates (as undecodable bytes in argv, or an escaped
+    half of a UTF-16 pair in JSON, give)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DFlashError(f"{what} is not valid Unicode text: a lone surrogate at character {e.start}") from None
+
+
+def check_prompt_form(prompt) -> None:
+    """A prompt is text, a non-empty list of token ids, or a conversation of messages (dicts of
+    text), checked for what needs no model; `encode_prompt` checks the rest."""
+    if isinstance(prompt, str):
+        return check_text(prompt, "the prompt")
+    if not isinstance(prompt, list):
+        raise DFlashError(f"the prompt must be text, token ids or messages, got {type(prompt).__name__}")
+    if not prompt:
+        raise DFlashError("the prompt is empty")
+    if all(isinstance(message, dict) for message in prompt):
+        for i, message in enumerate(prompt):
+            for key, value in message.items():
+                if not isinstance(value, str):
+                    raise DFlashError(f"message {i}'s {key} must be text, got {type(value).__name__}")
+                check_text(value, f"message {i}'s {key}")
+        return
+    if not all(isinstance(token, int) and not isinstance(token, bool) for token in prompt):
+        raise DFlashError("the prompt's token ids must be whole numbers")
+
+
 def encode_prompt(
     adapter: DecoderAdapter, tokenizer, prompt: Union[str, List[int], List[dict]], chat: bool = False,
     thinking: Optional[bool] = None,
 ) -> List[int]:
     """Token ids of `prompt` (text, a conversation of {"role", "content"} messages, or token ids) for
-    the target behind `adapter`, checked against its context window. Text is put through the chat
-    template when `chat`, a conversation always; `thinking` switches the template's thinking mode
-    (None: the family's default)."""
-    conversation = isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], dict)
+    the target behind `adapter`, checked against its vocabulary and context window. Text is put
+    through the chat template when `chat`, a conversation always; `thinking` switches the
+    template's thinking mode (None: the family's default)."""
+    check_prompt_form(prompt)
+    conversation = isinstance(prompt, list) and isinstance(prompt[0], dict)
     if isinstance(prompt, str) or conversation:
         if isinstance(prompt, str) and not prompt.strip():
             raise DFlashError("the prompt is empty")
@@ -59,10 +89,21 @@ def encode_prompt(
         prompt = tokenizer.encode(text, add_special_tokens=not chat)
     if len(prompt) == 0:
         raise DFlashError("the prompt is empty")
+    vocab = adapter.vocab_size
+    outside = next((token for token in prompt if not 0 <= token < vocab), None)
+    if outside is not None:
+        raise DFlashError(f"token id {outside} is not in the target's vocabulary (0 to {vocab - 1})")
     window = adapter.context_window
-    if window and len(prompt) > window:
-        raise DFlashError(f"the prompt has {len(prompt)} tokens; the target's context window is {window}")
+    if window and len(prompt) >= window:
+        raise DFlashError(f"the prompt has {len(prompt)} tokens; the target's context window is {window}, "
+                          f"with room for a prompt of at most {window - 1}")  # fmt: skip
     return list(prompt)
+
+
+def within_window(adapter: DecoderAdapter, prompt_ids: List[int], max_tokens: int) -> int:
+    """`max_tokens`, or fewer where the prompt and the answer would outgrow the target's context window."""
+    window = adapter.context_window
+    return min(max_tokens, window - len(prompt_ids)) if window else max_tokens
 
 
 def speculative_generate_step(
@@ -101,6 +142,7 @@ def plain_generate_step(
     with the request's own random stream, started from `seed`, so that interleaved requests do not
     draw from each other's stream."""
     sampler = None
+    decode.check_seed(seed)
     if sampling is not None and not sampling.greedy:
         key = mx.random.key(seed if seed is not None else mx.random.randint(0, 2**31 - 1).item())
 
@@ -173,6 +215,7 @@ def stream_generate(
     """Yield a GenerationResponse for every verified step, with the text it committed.
     `draft_window` bounds the drafter's context to the last that many committed positions."""
     prompt_ids = encode_prompt(model.adapter, tokenizer, prompt, chat, thinking)
+    max_tokens = within_window(model.adapter, prompt_ids, max_tokens)
     stats = GenerationStats(prompt_tokens=len(prompt_ids))
     steps = speculative_generate_step(mx.array(prompt_ids), model, max_tokens=max_tokens, block_size=block_size,
                                       acceptance=acceptance, seed=seed, stats=stats,
@@ -195,6 +238,7 @@ def stream_plain(
     baseline DFlash is measured against, and the router's fast route."""
     decode.check_max_tokens(max_tokens)
     prompt_ids = encode_prompt(adapter, tokenizer, prompt, chat, thinking)
+    max_tokens = within_window(adapter, prompt_ids, max_tokens)
     stats = GenerationStats(prompt_tokens=len(prompt_ids))
     steps = plain_generate_step(mx.array(prompt_ids), adapter, max_tokens=max_tokens, sampling=sampling, seed=seed)
     yield from stream_steps(steps, tokenizer, adapter.stop_tokens(tokenizer), max_tokens, stats)

@@ -2,6 +2,7 @@
 mlx-lm's sampler applies them, so that plain decoding and the lossless acceptance rules
 (dflash/acceptance.py) draw from the same distribution."""
 
+import math
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -22,8 +23,8 @@ class SamplingSettings:
 
     def __post_init__(self):
         # Written so that NaN fails every check.
-        if not self.temperature >= 0:
-            raise DFlashError(f"temperature must be 0 (greedy) or more, got {self.temperature}")
+        if not 0 <= self.temperature < math.inf:
+            raise DFlashError(f"temperature must be 0 (greedy) or a finite number above it, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise DFlashError(f"top-p must be in (0, 1], got {self.top_p}")
         if not (isinstance(self.top_k, int) and self.top_k >= 0):

@@ -43,7 +43,7 @@ def test_forced_routes_report_the_route_and_give_the_same_greedy_tokens(capsys, 
     _, fast, _ = run_cli(capsys, models, "--route", "fast", "--prompt", CHAT_PROMPT)
     _, expert, _ = run_cli(capsys, models, "--route", "expert", "--prompt", CHAT_PROMPT)
     assert fast["route"] == FAST and expert["route"] == EXPERT
-    assert fast["route_reason"] == expert["route_reason"] == "chosen with --route"
+    assert fast["route_reason"] == expert["route_reason"] == "chosen by the request"
     assert fast["router_latency_s"] == 0.0
     assert fast["tokens"] == expert["tokens"] and len(fast["tokens"]) == fast["generated_tokens"] == 6
     assert fast["fast_model"] == models["fast"] and "draft_model" not in fast
@@ -93,7 +93,7 @@ def test_text_output_names_the_route(capsys, models):
     argv = ["--fast-model", models["fast"], "--route", "fast", "--max-new-tokens", "3", "--prompt", CHAT_PROMPT]
     assert cli_main(argv) == 0
     _, err = capsys.readouterr()
-    assert err.startswith("route fast (chosen with --route; router 0.0 ms)\n3 tokens at")
+    assert err.startswith("route fast (chosen by the request; router 0.0 ms)\n3 tokens at")
 
 
 def test_cli_refuses_bad_routing_input_in_one_line(capsys, models, tmp_path):
