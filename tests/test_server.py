@@ -48,10 +48,7 @@ def served(make_pair):
 
     listener = listen("127.0.0.1", 0)
     server = make_server(args)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
+    thread = server.start_in_thread(listener)
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
     pair = next(name for name, route in model_names(engine).items() if route == EXPERT)
     yield {"url": url, "alone": alone, "raw": raw, "sampled": sampled, "pair": pair}

@@ -7,24 +7,47 @@ With no model options it serves the offline default pair shipped in dflash/check
 import argparse
 import socket
 import sys
+import threading
+import time
 
 import uvicorn
 
 from adapters.errors import DFlashError
 
-from ..cli import add_model_options, block_size_option, engine_from
+from ..cli import add_model_options, block_size_option, engine_from, open_standard_streams
 from .app import create_app
 from .protocol import model_names
 from .scheduler import Scheduler
 
 GRACE_S = 2.0  # on SIGTERM or SIGINT, open requests get this long to finish
+# Room for a long-context prompt (262k token ids as JSON are about 2 MB) while a body stays
+# small next to the memory and time a server has for each request.
+DEFAULT_MAX_BODY_MB = 4.0
+
+
+def port_number(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 0 to 65535, got {port}")
+    return port
+
+
+def megabytes(text: str) -> float:
+    size = float(text)
+    if not 0 < size < float("inf"):
+        raise argparse.ArgumentTypeError(f"a size in megabytes is a number above 0, got {text}")
+    return size
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dflash-serve", description=__doc__.strip().split("\n\n")[0])
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    server.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free one)")
+    server.add_argument("--port", type=port_number, default=8000,
+                        help="port to listen on (default 8000; 0: any free one)")  # fmt: skip
+    server.add_argument("--max-body-mb", type=megabytes, default=DEFAULT_MAX_BODY_MB, metavar="MB",
+                        help="refuse request bodies over this many megabytes (10^6 bytes) before reading them "
+                        f"(default {DEFAULT_MAX_BODY_MB})")  # fmt: skip
     server.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     server.add_argument("--block-size", type=block_size_option,
                         help="draft block size of every request, or auto: chosen every step for the batch of requests "
@@ -41,6 +64,15 @@ class Server(uvicorn.Server):
         super().__init__(config)
         self.scheduler = scheduler
 
+    def start_in_thread(self, listener: socket.socket) -> threading.Thread:
+        """Serve on `listener` from a daemon thread, to embed the server in a program (the tests
+        do); returns once it takes connections. Stop it with `should_exit = True`."""
+        thread = threading.Thread(target=self.run, kwargs={"sockets": [listener]}, daemon=True)
+        thread.start()
+        while not self.started and thread.is_alive():
+            time.sleep(0.01)
+        return thread
+
     async def shutdown(self, sockets=None) -> None:
         self.scheduler.close(GRACE_S)
         await super().shutdown(sockets)
@@ -52,7 +84,7 @@ def make_server(args) -> Server:
     engine = engine_from(args)
     scheduler = Scheduler(engine, args.block_size)
     scheduler.start()
-    app = create_app(scheduler, model_names(engine))
+    app = create_app(scheduler, model_names(engine), int(args.max_body_mb * 1e6))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=GRACE_S + 3)  # fmt: skip
     return Server(config, scheduler)
@@ -63,6 +95,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def main(argv=None) -> int:
+    open_standard_streams()
     args = build_parser().parse_args(argv)
     try:
         listener = listen(args.host, args.port)  # before loading: a port in use fails at once

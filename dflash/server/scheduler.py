@@ -23,15 +23,14 @@ from typing import Dict, List, Optional, Union
 import jinja2
 
 from adapters.errors import DFlashError
-from adapters.routing import EXPERT, RouteDecision
+from adapters.routing import EXPERT, FAST, RouteDecision
 
 from ..acceptance import make_acceptance
 from ..batch import BatchDecoder
-from ..decode import check_block_size, check_max_tokens
-from ..engine import Engine, Request
-from ..generate import encode_prompt
+from ..decode import check_block_size
+from ..engine import Engine, Prepared, Request
 from ..stats import GenerationStats
-from .protocol import APIError, client_disconnected, shutting_down
+from .protocol import AUTO, APIError, client_disconnected, shutting_down
 
 logger = logging.getLogger("dflash.server")
 
@@ -65,10 +64,14 @@ class StopStrings:
 
 
 class Job:
-    """One request on its way through the worker. Made and read on the event loop."""
+    """One request on its way through the worker. Made and read on the event loop; a request
+    with bad settings fails making it (a DFlashError)."""
 
     def __init__(self, request: Request, stop: List[str], messages: Optional[List[dict]] = None):
-        self.request, self.messages, self.stop = request, messages, StopStrings(stop)
+        self.request, self.stop = request, StopStrings(stop)  # the router reads `request`'s text
+        self.generation = request if messages is None else replace(request, prompt=messages)
+        # Route -> the request prepared for it (or why it cannot be), by `Scheduler.prepare`.
+        self.prepared: Dict[str, Union[Prepared, Exception]] = {}
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue = asyncio.Queue()
         self.cancelled = False
@@ -125,15 +128,30 @@ class Scheduler:
         self.lock = threading.Lock()  # between submit and the worker's closing
         self.deadline: Optional[float] = None  # once closing: when the open jobs are cut off
         self.thread: Optional[threading.Thread] = None
+        self.stopped = threading.Event()  # the worker is done
         self.batch: Optional[BatchDecoder] = None  # the expert route's shared decoder
         self.batched: Dict[int, Job] = {}  # batch row uid -> job
 
     def start(self) -> None:
         """Load the models on the worker thread, then serve; a loading error is raised here."""
         loaded = Future()
-        self.thread = threading.Thread(target=self.run, args=(loaded,), name="dflash-worker", daemon=True)
+        self.thread = threading.Thread(target=self.work, args=(loaded,), name="dflash-worker", daemon=True)
         self.thread.start()
         loaded.result()
+
+    def prepare(self, job: Job) -> None:
+        """Check and tokenize the job's request for each route it may take, off the worker (no
+        MLX work), so that a long prompt holds up no one else's steps. A request that is bad
+        whatever the route raises its error here."""
+        request = job.generation if self.block_size is None else replace(job.generation, block_size=self.block_size)
+        routes = (job.request.route,) if job.request.route != AUTO else (EXPERT, FAST)
+        for route in routes:
+            try:
+                job.prepared[route] = self.engine.prepare(request, route)
+            except (DFlashError, jinja2.TemplateError) as e:
+                job.prepared[route] = e
+        if all(isinstance(prepared, Exception) for prepared in job.prepared.values()):
+            raise job.prepared[routes[0]]
 
     def submit(self, job: Job) -> None:
         with self.lock:
@@ -149,7 +167,19 @@ class Scheduler:
         self.pending.put(None)  # wakes an idle worker
 
     def join(self) -> None:
-        self.thread.join()
+        self.stopped.wait()
+
+    def work(self, loaded: Future) -> None:
+        """The worker thread: `run`, then stay parked until the process exits. A thread that has
+        used MLX must not end while the interpreter may be finalizing: MLX's per-thread
+        destructors, which run after the thread's Python code (and after a join), take the GIL,
+        and taking it during finalization aborts the process ("terminate called without an
+        active exception", rc 134, seen when the models failed to load)."""
+        try:
+            self.run(loaded)
+        finally:
+            self.stopped.set()
+        threading.Event().wait()
 
     def status(self) -> dict:
         return self.metrics.snapshot(self.pending.qsize(), len(self.active))
@@ -162,7 +192,7 @@ class Scheduler:
         except BaseException as e:  # noqa: BLE001  (handed to start())
             loaded.set_exception(e)
             return
-        self.batch = BatchDecoder(*self.engine.expert, block_size=self.block_size or self.engine.pair.block_size)
+        self.batch = BatchDecoder(*self.engine.expert, block_size=self.engine.block_size(self.block_size))
         loaded.set_result(None)
         while self.admit():
             for job in self.active:
@@ -208,11 +238,8 @@ class Scheduler:
             if job.decision is None:
                 self.open(job)
             response = next(job.responses) if job.responses is not None else None
-        except (DFlashError, jinja2.TemplateError) as e:
-            return self.fail(job, APIError(400, str(e)))
-        except Exception as e:  # noqa: BLE001  (a bug: log it, answer 500, keep serving)
-            logger.exception("generation failed")
-            return self.fail(job, APIError(500, f"internal error: {e}", kind="server_error"))
+        except Exception as e:  # noqa: BLE001  (a bug: logged, answered 500; the server keeps serving)
+            return self.fail(job, error_reply(e, "generation failed"))
         finally:
             self.metrics.busy_time += time.perf_counter() - tic
         if response is not None:
@@ -222,30 +249,37 @@ class Scheduler:
         """Prefill the cycle's new jobs for the batch together and add them to it."""
         tic = time.perf_counter()
         try:
-            prompts, max_tokens, seeds, acceptances = (list(column) for column in zip(*(job.joining for job in jobs)))
-            uids = self.batch.insert(prompts, max_tokens, seeds, acceptances)
-        except Exception as e:  # noqa: BLE001  (a bug: the jobs were checked; log it, answer 500, keep serving)
-            logger.exception("prefill failed")
-            for job in jobs:
-                self.fail(job, APIError(500, f"internal error: {e}", kind="server_error"))
-            return
+            inserted = self.insert(jobs)
         finally:
             self.metrics.busy_time += time.perf_counter() - tic
-        for job, uid in zip(jobs, uids):
+        for job, uid in inserted:
             job.joining, job.uid = None, uid
             self.batched[uid] = job
         for uid, response in self.batch.first_responses():  # before this cycle's step
             self.deliver(self.batched[uid], response)
+
+    def insert(self, jobs: List[Job]) -> List[tuple]:
+        """(job, uid) of each job inserted into the batch: all prefilled together, or, when that
+        fails, each alone, so that a job that cannot be prefilled fails alone (an insert that
+        fails adds no row)."""
+        try:
+            prompts, max_tokens, seeds, acceptances = (list(column) for column in zip(*(job.joining for job in jobs)))
+            return list(zip(jobs, self.batch.insert(prompts, max_tokens, seeds, acceptances)))
+        except Exception as e:  # noqa: BLE001  (a bug, the jobs being checked: logged, answered 500)
+            if len(jobs) == 1:
+                self.fail(jobs[0], error_reply(e, "prefill failed"))
+                return []
+        return [inserted for job in jobs for inserted in self.insert([job])]
 
     def step_batch(self) -> None:
         """One step of every job in the batch."""
         tic = time.perf_counter()
         try:
             responses = self.batch.step()
-        except Exception as e:  # noqa: BLE001  (a bug: log it, fail the batch's jobs, keep serving)
-            logger.exception("batched generation failed")
+        except Exception as e:  # noqa: BLE001  (a bug: logged, the batch's jobs answered 500; the server keeps serving)
+            error = error_reply(e, "batched generation failed")
             for job in list(self.batched.values()):
-                self.fail(job, APIError(500, f"internal error: {e}", kind="server_error"))
+                self.fail(job, error)
             return
         finally:
             self.metrics.busy_time += time.perf_counter() - tic
@@ -269,21 +303,18 @@ class Scheduler:
         self.metrics.committed_tokens += sum(response.stats.acceptance_lengths)
 
     def open(self, job: Job) -> None:
-        """Route the job, then ready it for the batch or open its own generator; a chat is rendered
-        with the chosen model's template."""
+        """Route the job, then ready it for the batch or open its own generator, with its request
+        as prepared for the chosen route (a chat rendered with that model's template)."""
         job.decision = self.engine.route(job.request)
-        request = job.request
-        if job.messages is not None:
-            request = replace(request, prompt=job.messages)
-        if self.block_size is not None:
-            request = replace(request, block_size=self.block_size)
+        prepared = job.prepared[job.decision.route]
+        if isinstance(prepared, Exception):
+            raise prepared
         if job.decision.route != EXPERT:
-            job.responses = self.engine.stream(request, job.decision.route)
+            job.responses = self.engine.run(prepared)
             return
-        model, tokenizer = self.engine.expert
-        prompt_ids = encode_prompt(model.adapter, tokenizer, request.prompt, request.chat, request.thinking)
-        check_max_tokens(request.max_tokens)
-        job.joining = (prompt_ids, request.max_tokens, request.seed, make_acceptance(request.sampling, request.acceptance))
+        request = prepared.request
+        job.joining = (prepared.prompt_ids, prepared.max_tokens, request.seed,
+                       make_acceptance(request.sampling, request.acceptance))  # fmt: skip
 
     def fail(self, job: Job, error: APIError) -> None:
         job.push(error)
@@ -296,3 +327,11 @@ class Scheduler:
             job.responses.close()
         if self.batched.pop(job.uid, None) is not None:
             self.batch.remove({job.uid})
+
+
+def error_reply(error: Exception, what: str) -> APIError:
+    """The client's answer to an error on the worker: 400 for bad input, else (a bug) 500, logged."""
+    if isinstance(error, (DFlashError, jinja2.TemplateError)):
+        return APIError(400, str(error))
+    logger.error(what, exc_info=error)
+    return APIError(500, f"internal error: {error}", kind="server_error")
