@@ -29,7 +29,8 @@ Three steps, each resumable (rerun the same command after an interruption):
 
      RUN/checkpoints/step_N/ is written every --save-every steps (the newest --keep-checkpoints
      are kept) and the finished drafter goes to RUN/drafter/; both are drafters in the
-     published format (`dflash-mlx --draft RUN/drafter ...`). Running the same command again
+     published format (`dflash-mlx --target-model TARGET --draft-model RUN/drafter ...`).
+     Running the same command again
      resumes from the newest checkpoint: weights, optimizer, schedule, step and data position
      (data order and anchors are drawn from --seed, the epoch and the sequence, so they are
      the same after a resume). A killed run loses at most --save-every steps.
