@@ -184,7 +184,7 @@ def with_gold(candidates: mx.array, logits: mx.array, labels: mx.array) -> mx.ar
     present = (candidates == labels[..., None]).any(axis=-1, keepdims=True)
     weakest = mx.argmin(mx.take_along_axis(logits, candidates, axis=-1), axis=-1, keepdims=True)
     replace = (mx.arange(candidates.shape[-1]) == weakest) & ~present
-    return mx.stop_gradient(mx.where(replace, labels[..., None], candidates))
+    return mx.where(replace, labels[..., None], candidates)
 
 
 def selector_loss(selector, hidden, logits, blocks):
@@ -199,7 +199,7 @@ def selector_loss(selector, hidden, logits, blocks):
     candidates = with_gold(selector.candidates(logits), logits, labels)
     predecessors = mx.concatenate([blocks.tokens[:, :1], labels[:, :-1]], axis=1)[..., None]
     scores = selector.scores(hidden, logits, candidates, predecessors)[:, :, 0]  # [N, P, k]
-    gold = mx.stop_gradient(mx.argmax(candidates == labels[..., None], axis=-1))
+    gold = mx.argmax(candidates == labels[..., None], axis=-1)
     loss = (nn.losses.cross_entropy(scores, gold) * blocks.weights).sum()
     return loss, ((scores.argmax(-1) == gold) * (blocks.weights > 0)).sum()
 
