@@ -75,3 +75,12 @@ def test_the_chat_suite_loads_with_five_categories():
     prompts = load_suite("chat")
     assert len(prompts) == 40 and len({p.id for p in prompts}) == 40
     assert {p.category for p in load_suite("chat", limit=5)} == set(COUNTS)
+
+
+def test_the_regeneration_recipe_answers_the_shipped_prompts_with_the_installed_gguf():
+    from train.cli import build_parser
+    from train.offline_default.smollm2 import regenerate_argv
+
+    args = build_parser().parse_args(regenerate_argv("out"))
+    assert args.prompts == str(PROMPT_FILE) and args.out == "out"
+    assert args.target.endswith(".gguf") and (REPO / args.target).is_file()
