@@ -22,6 +22,9 @@ class SamplingSettings:
     min_p: float = 0.0
 
     def __post_init__(self):
+        for name, value in (("temperature", self.temperature), ("top-p", self.top_p), ("min-p", self.min_p)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise DFlashError(f"{name} must be a number, got {value!r}")
         # Written so that NaN fails every check.
         if not 0 <= self.temperature < math.inf:
             raise DFlashError(f"temperature must be 0 (greedy) or a finite number above it, got {self.temperature}")

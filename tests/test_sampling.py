@@ -344,6 +344,10 @@ def test_temperature_zero_is_greedy_whatever_the_rule():
     [
         (dict(temperature=-0.5), "temperature must be 0"),
         (dict(temperature=float("nan")), "temperature must be 0"),
+        (dict(temperature=float("inf")), "temperature must be 0 .greedy. or a finite number above it, got inf"),
+        (dict(temperature="hot"), "temperature must be a number, got 'hot'"),
+        (dict(top_p=None), "top-p must be a number, got None"),
+        (dict(min_p=True), "min-p must be a number, got True"),
         (dict(top_p=0.0), r"top-p must be in \(0, 1\]"),
         (dict(top_p=1.5), r"top-p must be in \(0, 1\]"),
         (dict(top_k=-1), "top-k must be an integer >= 0"),
@@ -366,6 +370,7 @@ def test_unknown_rule():
     "argv, message",
     [
         (["--temperature", "-1"], "temperature must be 0"),
+        (["--temperature", "inf"], "temperature must be 0 (greedy) or a finite number above it, got inf"),
         (["--temperature", "1", "--top-p", "0"], "top-p must be in (0, 1]"),
         (["--temperature", "1", "--top-k", "-3"], "top-k must be an integer >= 0"),
         (["--temperature", "1", "--min-p", "1"], "min-p must be in [0, 1)"),

@@ -30,6 +30,8 @@ class APIError(Exception):
 
 
 def error_body(message: str, kind: str = "invalid_request_error", code=None, param=None) -> dict:
+    # A message may quote the request, lone surrogates and all: they go out escaped, as \ud800.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
