@@ -1,0 +1,126 @@
+"""`dflash-mlx`, `dflash-serve` and `dflash-train` given bad input, interrupted or cut off: one
+line and exit status 2 for bad input (argparse's own errors included), no traceback, and clean
+exits for ^C (130), a reader gone (141), a closed stdin and a startup that fails to load."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from dflash.cli import build_parser
+from dflash.cli import main as cli_main
+from dflash.server.cli import main as serve_main
+from train.cli import main as train_main
+
+WINDOW = 256
+
+
+@pytest.fixture(scope="module")
+def pair(make_pair):
+    target, draft = make_pair("llama", max_position_embeddings=WINDOW)
+    return ["--target-model", target, "--draft-model", draft]
+
+
+CASES = [
+    (["--seed", "-1", "--temperature", "0.7"], "seed must be a whole number from 0 to 2**64 - 1, got -1"),
+    (["--seed", str(2**70), "--temperature", "0.7"], f"seed must be a whole number from 0 to 2**64 - 1, got {2**70}"),
+    (["--temperature", "inf"], "temperature must be 0 (greedy) or a finite number above it, got inf"),
+    (["--temperature", "nan"], "temperature must be 0 (greedy) or a finite number above it, got nan"),
+    (["--top-p", "inf", "--temperature", "1"], "top-p must be in (0, 1], got inf"),
+    (["--block-size", "0"], "block size must be between 2 and the drafter's 16, got 0"),
+    (["--block-size", "1"], "block size must be between 2 and the drafter's 16, got 1"),
+    (["--block-size", "99"], "block size must be between 2 and the drafter's 16, got 99"),
+    (["--draft-window", "0"], "the drafter's context window must be at least 1 position, got 0"),
+    (["--max-new-tokens", "0"], "max tokens must be at least 1, got 0"),
+    (["--prompt", "  "], "the prompt is empty"),
+    (["--prompt", os.fsdecode(b"ab\xff")], "the prompt is not valid Unicode text: a lone surrogate at character 2"),
+    (["--prompt", "x " * WINDOW, "--no-chat"],
+     f"the prompt has {2 * WINDOW} tokens; the target's context window is {WINDOW}, with room for a prompt of at most "
+     f"{WINDOW - 1}"),
+]
+
+
+@pytest.mark.parametrize("argv, message", CASES, ids=[" ".join(case[0])[:30] for case in CASES])
+def test_bad_generation_input_is_one_line_and_rc_2(capsys, pair, argv, message):
+    assert cli_main([*pair, "--max-new-tokens", "4", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"dflash-mlx: error: {message}\n" and captured.out == ""
+
+
+def test_generation_stops_at_the_context_window_and_says_so(capsys, pair):
+    prompt = "the quick brown fox " * 9
+    assert cli_main([*pair, "--no-chat", "--prompt", prompt, "--max-new-tokens", str(10**12), "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["prompt_tokens"] + report["generated_tokens"] == WINDOW
+    assert captured.err == (f"dflash-mlx: stopped at the context window of {WINDOW} tokens, after "
+                            f"{report['generated_tokens']} of the {10**12} new tokens asked for\n")  # fmt: skip
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "65536", "http"])
+def test_a_bad_port_is_an_argparse_error(capsys, port):
+    with pytest.raises(SystemExit) as exit_:
+        serve_main(["--port", port])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "argument --port" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("size", ["0", "-1", "nan", "inf"])
+def test_a_bad_body_limit_is_an_argparse_error(capsys, size):
+    with pytest.raises(SystemExit) as exit_:
+        serve_main(["--max-body-mb", size])
+    assert exit_.value.code == 2 and "argument --max-body-mb: a size in megabytes is a number above 0" in capsys.readouterr().err
+
+
+def test_a_server_block_size_of_0_stops_it_at_startup(capsys, pair):
+    assert serve_main(["--port", "0", *pair, "--fast-model", pair[1], "--router", "guardrails", "--block-size", "0"]) == 2
+    assert capsys.readouterr().err == "dflash-serve: error: block size must be between 2 and the drafter's 16, got 0\n"
+
+
+def test_train_help_writes_the_drafter_command_argparse_takes(capsys):
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    help_text = capsys.readouterr().out
+    assert "dflash-mlx --target-model TARGET --draft-model RUN/drafter" in help_text and "--draft RUN" not in help_text
+    args = build_parser().parse_args(["--target-model", "TARGET", "--draft-model", "RUN/drafter"])
+    assert args.draft_model == "RUN/drafter"
+
+
+def run(argv, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=120, **kwargs)
+
+
+@pytest.mark.slow
+def test_a_load_error_at_server_startup_exits_2_with_one_line_every_time(pair):
+    """It aborted (rc 134, 'terminate called without an active exception') in 7 of 8 runs."""
+    argv = ["-m", "dflash.server", "--port", "0", *pair, "--fast-model", pair[1], "--router-probe", "/nonexistent"]
+    for _ in range(2):
+        done = run(argv)
+        assert done.returncode == 2 and done.stderr.splitlines()[-1].startswith("dflash-serve: error: router probe")
+        assert "terminate" not in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_interrupt_and_broken_pipe_exit_cleanly(pair):
+    command = [sys.executable, "-m", "dflash.cli", *pair, "--no-chat", "--max-new-tokens", "200", "--stream"]
+    interrupted = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    interrupted.stdout.read(1)  # generating
+    interrupted.send_signal(signal.SIGINT)
+    _, err = interrupted.communicate(timeout=60)
+    assert interrupted.returncode == 130 and err.splitlines()[-1] == "dflash-mlx: interrupted" and "Traceback" not in err
+
+    cut = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    cut.stdout.read(1)
+    cut.stdout.close()  # as `| head -c1` does
+    err = cut.stderr.read().decode()
+    assert cut.wait(60) == 141 and err == ""
+
+
+@pytest.mark.slow
+def test_a_closed_stdin_does_not_take_the_place_of_a_model_file(pair):
+    done = run(["-m", "dflash.cli", *pair, "--max-new-tokens", "3", "--json"], preexec_fn=lambda: os.close(0))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["generated_tokens"] >= 1
