@@ -164,11 +164,14 @@ class DraftConfig:
             config["architectures"] = [dflash2.ARCHITECTURE]
         config.setdefault("architectures", ["DFlashDraftModel"])
         dflash_config = {"target_layer_ids": self.target_layer_ids, "mask_token_id": self.mask_token_id}
+        rope_parameters = self.rope_parameters
+        if self.dflash2 and rope_parameters is None:  # DFlash 2 checkpoints give RoPE this way
+            rope_parameters = {**(self.rope_scaling or {"rope_type": "default"}), "rope_theta": self.rope_theta}
         for name in self.__dataclass_fields__:
-            value = getattr(self, name)
-            if name in ("target_layer_ids", "mask_token_id", "extra") or (name in OMITTED_AT and value == OMITTED_AT[name]):
+            value = rope_parameters if name == "rope_parameters" else getattr(self, name)
+            if name in ("target_layer_ids", "mask_token_id", "extra") or OMITTED_AT.get(name, ...) == value:
                 continue
-            if self.rope_parameters is not None and name in ("rope_theta", "rope_scaling"):
+            if rope_parameters is not None and name in ("rope_theta", "rope_scaling"):
                 continue  # rope_parameters holds them
             if name in DFLASH_FIELDS and (self.dflash2 or name != "block_size"):
                 dflash_config[name] = value

@@ -61,7 +61,8 @@ class DFlashModel:
         else:
             logits, path = finish(hidden, self.adapter.lm_head, mx.array(lasts))
         proposals = [
-            path[i] if path is not None and type(rule).propose in PROPOSES_THE_ARGMAX else rule.propose(logits[i], state)
+            path[i] if path is not None and type(rule).propose in PROPOSES_THE_ARGMAX
+            else rule.propose(logits[i], state)
             for i, (rule, state) in enumerate(zip(acceptances, states))
         ]  # fmt: skip
         return mx.stack(proposals), logits

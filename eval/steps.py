@@ -173,7 +173,8 @@ def markdown(report: dict) -> str:
         header += [f"draft ms, window {window}", "draft / plain, window", "break-even tau, window"]
     dflash2 = all("selector" in result for result in report["prompt_lengths"].values())
     if dflash2:
-        header += ["backbone draft ms", "selector ms", "DFlash 2 added / step", "selector / step", "convolutions / step"]
+        header += ["backbone draft ms", "selector ms", "DFlash 2 added / step", "selector / step",
+                   "convolutions / step"]  # fmt: skip
     rows = []
     for length, result in report["prompt_lengths"].items():
         row = [length] + [cell(result[name]) for name in ("plain", "draft", "verify")]

@@ -73,7 +73,8 @@ def published_weights(config: dict, seed: int) -> dict:
     weights = {"fc.weight": matrix(d, taps * d), "hidden_norm.weight": scale(d), "norm.weight": scale(d),
                "candidate_selector.hidden_projection.weight": matrix(rank, d),
                "candidate_selector.predecessor_codebook": rng.standard_normal((vocab, rank)).astype(np.float32),
-               "candidate_selector.successor_codebook": rng.standard_normal((vocab, rank)).astype(np.float32)}  # fmt: skip
+               "candidate_selector.successor_codebook": rng.standard_normal((vocab, rank)).astype(np.float32),
+               }  # fmt: skip
     for i in range(config["num_hidden_layers"]):
         p = f"layers.{i}."
         weights.update({
@@ -88,7 +89,8 @@ def published_weights(config: dict, seed: int) -> dict:
             base = 0.3 * rng.standard_normal((2, kernel, d)).astype(np.float32)
             base[:, 0] += 1
             weights[p + conv + ".base_kernel"] = base
-            weights[p + conv + ".kernel_projection.weight"] = np.float32(0.3) * matrix(2 * kernel * d // dc["conv_group_size"], d)
+            groups = d // dc["conv_group_size"]
+            weights[p + conv + ".kernel_projection.weight"] = np.float32(0.3) * matrix(2 * kernel * groups, d)
     return weights
 
 
@@ -188,7 +190,8 @@ def test_a_quantized_dflash2_drafter_stays_exact(pairs):
     assert "scales" in model.draft.layers[0].attention_conv.kernel_projection
     tokenizer.eos_token_ids = set()
     prompt = small_prompt(12, 4)
-    assert dflash.generate(model, tokenizer, prompt, 24).tokens == plain_generate(model.adapter, tokenizer, prompt, 24).tokens
+    reference = plain_generate(model.adapter, tokenizer, prompt, 24).tokens
+    assert dflash.generate(model, tokenizer, prompt, 24).tokens == reference
 
 
 def test_the_selector_proposes_for_the_argmax_rules_only(pairs):
@@ -221,7 +224,8 @@ def edited(config: dict, section: str, **values) -> dict:
     "change, message",
     [
         (lambda c: without(c, "dflash_config", "selector_top_k"), "drafter config.json is missing selector_top_k"),
-        (lambda c: edited(c, "dflash_config", block_size="eight"), "field 'block_size' must be an integer, got 'eight'"),
+        (lambda c: edited(c, "dflash_config", block_size="eight"),
+         "field 'block_size' must be an integer, got 'eight'"),
         (lambda c: edited(c, "dflash_config", conv_group_size=24), "conv_group_size 24 does not divide hidden_size 64"),
         (lambda c: edited(c, "dflash_config", selector_top_k=600), "selector_top_k 600 exceeds the vocabulary 512"),
         (lambda c: edited(c, "dflash_config", selector_rank=0), "field 'selector_rank' must be a positive integer"),
@@ -279,8 +283,9 @@ def test_greedy_decoding_equals_plain_greedy_decoding(pairs, family):
 
 
 def test_sliding_window_softcapped_drafter_is_exact_alone_and_batched(pairs):
-    model, tokenizer = dflash.load(*pairs("qwen3", vocab_size=SMALL_VOCAB, layer_types=["sliding_attention"] * 2,
-                                          sliding_window=6, output_multiplier=0.5, final_logit_softcapping=4.0))  # fmt: skip
+    drafter = dict(layer_types=["sliding_attention"] * 2, sliding_window=6, output_multiplier=0.5,
+                   final_logit_softcapping=4.0)
+    model, tokenizer = dflash.load(*pairs("qwen3", vocab_size=SMALL_VOCAB, **drafter))
     tokenizer.eos_token_ids = set()
     prompts = [small_prompt(20, 3), small_prompt(5, 4)]
     singles = [dflash.generate(model, tokenizer, prompt, 30) for prompt in prompts]

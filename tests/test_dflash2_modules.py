@@ -164,7 +164,8 @@ def test_training_a_dflash2_drafter(tmp_path):
     records = metrics(tmp_path / "run")
     assert records[-1]["loss"] < records[0]["loss"] and records[-1]["selector_loss"] < records[0]["selector_loss"]
     saved = json.loads((drafter / "config.json").read_text())
-    assert saved["architectures"] == ["DFlash2DraftModel"]
+    assert saved["architectures"] == ["DFlash2DraftModel"] and "rope_theta" not in saved
+    assert saved["rope_parameters"] == {"rope_type": "default", "rope_theta": 10000.0}
     assert {"selector_rank": 8, "selector_top_k": 8, "conv_group_size": 16, "conv_kernel_size": 2,
             "block_size": 8}.items() <= saved["dflash_config"].items()  # fmt: skip
     trained = weights(drafter)
@@ -173,6 +174,7 @@ def test_training_a_dflash2_drafter(tmp_path):
                               DynamicConv(64, 2, 16).base_kernel)  # the convolutions trained  # fmt: skip
     model, tokenizer = dflash.load(str(target), str(drafter))
     prompt = [5, 17, 99, 230]
-    assert dflash.generate(model, tokenizer, prompt, 24).tokens == plain_generate(model.adapter, tokenizer, prompt, 24).tokens
+    reference = plain_generate(model.adapter, tokenizer, prompt, 24).tokens
+    assert dflash.generate(model, tokenizer, prompt, 24).tokens == reference
     with pytest.raises(DFlashError, match="conv_group_size 24 does not divide hidden_size 64"):
         train(replace(config, out=str(tmp_path / "bad"), conv_group_size=24))
