@@ -107,6 +107,7 @@ def test_the_saved_fast_model_loads_with_mlx_lm_and_the_fast_model_loader(llama,
             continue
         assert mx.array_equal(value, expected.astype(mx.float32)).item(), name
 
+@pytest.mark.slow  # a whole healing run
 def test_healing_lowers_the_heldout_kl_from_the_measured_choice(llama, tmp_path):
     target, data_dir = llama
     saved = heal(tiny_config(target, data_dir, tmp_path / "run"))
@@ -127,6 +128,7 @@ def test_healing_lowers_the_heldout_kl_from_the_measured_choice(llama, tmp_path)
     assert load_fast_model(str(saved)).adapter.num_layers == 2
 
 
+@pytest.mark.slow  # a whole healing run
 def test_an_interrupted_run_resumes_bit_identically(llama, tmp_path):
     target, data_dir = llama
     reference = tmp_path / "reference"
@@ -148,6 +150,7 @@ def test_an_interrupted_run_resumes_bit_identically(llama, tmp_path):
     assert all(mx.array_equal(shipped[k], expected[k]).item() for k in expected)
 
 
+@pytest.mark.slow  # starts a Python process
 def test_bad_settings_are_refused_in_one_line(llama, tmp_path):
     target, data_dir = llama
     with pytest.raises(DFlashError, match="cannot keep 6 of the target's 6 layers"):
