@@ -1,6 +1,7 @@
 """Loading mlx-lm checkpoints (local directories or Hugging Face repo ids) in a chosen dtype,
 quantized checkpoints dequantized where their quantized matmuls are slow."""
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -52,6 +53,32 @@ def resolve_path(path_or_repo: str, what: str) -> Path:
         raise DFlashError(f"cannot fetch {what} '{path_or_repo}' from the Hugging Face hub: {type(e).__name__}: {e}") from None
 
 
+# Fields of a target's config.json (or its text_config) that mlx-lm's model classes compute with:
+# a wrong type fails deep inside them, an error that does not name the field.
+INTEGER_FIELDS = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
+                  "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings",
+                  "num_experts", "num_experts_per_tok", "moe_intermediate_size")  # fmt: skip
+NUMBER_FIELDS = ("rms_norm_eps", "rope_theta")
+
+
+def check_config_types(config_path: Path, what: str) -> None:
+    """A one-line error naming the first field of a local config.json with a wrong type (a
+    missing file or field is left to mlx-lm)."""
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError):
+        return
+    for section in (config, config.get("text_config")):
+        if not isinstance(section, dict):
+            continue
+        for name in INTEGER_FIELDS + NUMBER_FIELDS:
+            value = section.get(name)
+            types = (int,) if name in INTEGER_FIELDS else (int, float)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+                kind = "a whole number" if name in INTEGER_FIELDS else "a number"
+                raise DFlashError(f"{what} config {config_path}: {name} must be {kind}, got {value!r}")
+
+
 def load_target(path_or_repo: str, dtype: Optional[str] = "auto", what: str = "target", dequantize: str = "auto"):
     """Load an mlx-lm checkpoint (local directory or hub id) or a GGUF file (`adapters.gguf`) in
     `dtype`, dequantized as `dequantize` says (see `dequantize_if_asked`). Returns (model, tokenizer)."""
@@ -63,6 +90,7 @@ def load_target(path_or_repo: str, dtype: Optional[str] = "auto", what: str = "t
     elif not Path(path_or_repo).expanduser().is_dir() and not is_hub_id(path_or_repo):
         raise DFlashError(f"{what} '{path_or_repo}' not found")
     else:
+        check_config_types(Path(path_or_repo).expanduser() / "config.json", what)
         try:
             model, tokenizer = mlx_lm_load(path_or_repo)
         except Exception as e:

@@ -13,6 +13,7 @@ import pytest
 from dflash.cli import build_parser
 from dflash.cli import main as cli_main
 from dflash.server.cli import main as serve_main
+from tests.helpers import draft_config, save_random_draft, save_target, target_config
 from train.cli import main as train_main
 
 WINDOW = 256
@@ -78,6 +79,19 @@ def test_a_bad_body_limit_is_an_argparse_error(capsys, size):
 def test_a_server_block_size_of_0_stops_it_at_startup(capsys, pair):
     assert serve_main(["--port", "0", *pair, "--fast-model", pair[1], "--router", "guardrails", "--block-size", "0"]) == 2
     assert capsys.readouterr().err == "dflash-serve: error: block size must be between 2 and the drafter's 16, got 0\n"
+
+
+@pytest.mark.parametrize("field, value, kind", [("hidden_size", "64", "a whole number"),
+                                               ("vocab_size", 512.5, "a whole number"),
+                                               ("rms_norm_eps", "small", "a number")])  # fmt: skip
+def test_a_target_config_field_of_the_wrong_type_is_named(capsys, tmp_path, field, value, kind):
+    config = target_config("llama")
+    save_random_draft(tmp_path / "draft", draft_config(config))
+    save_target(tmp_path / "target", config)
+    (tmp_path / "target" / "config.json").write_text(json.dumps({**config, field: value}))
+    assert cli_main(["--target-model", str(tmp_path / "target"), "--draft-model", str(tmp_path / "draft")]) == 2
+    assert capsys.readouterr().err == (f"dflash-mlx: error: target config {tmp_path / 'target' / 'config.json'}: "
+                                       f"{field} must be {kind}, got {value!r}\n")  # fmt: skip
 
 
 def test_train_help_writes_the_drafter_command_argparse_takes(capsys):
