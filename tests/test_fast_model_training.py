@@ -4,6 +4,7 @@ mlx-lm and the fast-model loader, healing lowers the held-out KL, an interrupted
 bit-identically, bad settings are refused in one line."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -148,6 +149,13 @@ def test_an_interrupted_run_resumes_bit_identically(llama, tmp_path):
     assert final.keys() == expected.keys() and all(mx.array_equal(final[k], expected[k]).item() for k in expected)
     shipped, expected = weights(run / "fast-model"), weights(reference / "fast-model")
     assert all(mx.array_equal(shipped[k], expected[k]).item() for k in expected)
+
+    early = tmp_path / "killed-before-its-first-checkpoint"
+    heal(tiny_config(target, data_dir, early, max_steps=1))
+    shutil.rmtree(early / "checkpoints")
+    heal(tiny_config(target, data_dir, early))
+    assert [m["step"] for m in metrics(early)] == list(range(steps + 1))
+    assert [m["kl"] for m in metrics(early)[1:]] == [m["kl"] for m in metrics(reference)[1:]]
 
 
 @pytest.mark.slow  # starts a Python process

@@ -257,7 +257,7 @@ def heal(config: FastModelConfig) -> Path:
     state = checkpoint.resume(out, student, model_config, optimizer, settings)
     step, run_id = (state["step"], state["wandb_run_id"]) if state else (0, None)
     metrics_file = out / "metrics.jsonl"
-    checkpoint.keep_metrics_until(metrics_file, step)
+    checkpoint.keep_metrics_until(metrics_file, step if step else -1)  # without a checkpoint, step 0 is redone
     run = start_wandb(config, run_id)
     run_id = run.id if run is not None else None
 
