@@ -4,13 +4,18 @@ exits for ^C (130), a reader gone (141), a closed stdin and a startup that fails
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 
 import pytest
 
+from adapters.errors import DFlashError
+from adapters.routing import EXPERT
+from dflash import generate, load
 from dflash.cli import build_parser
+from dflash.engine import Engine, Request
 from dflash.cli import main as cli_main
 from dflash.server.cli import main as serve_main
 from tests.helpers import draft_config, save_random_draft, save_target, target_config
@@ -59,6 +64,25 @@ def test_generation_stops_at_the_context_window_and_says_so(capsys, pair):
     assert report["prompt_tokens"] + report["generated_tokens"] == WINDOW
     assert captured.err == (f"dflash-mlx: stopped at the context window of {WINDOW} tokens, after "
                             f"{report['generated_tokens']} of the {10**12} new tokens asked for\n")  # fmt: skip
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(seed=-1), "seed must be a whole number from 0 to 2**64 - 1, got -1"),
+    (dict(max_tokens=0), "max tokens must be at least 1, got 0"),
+    (dict(block_size=0), "block size must be between 2 and the drafter's 16, got 0"),
+    (dict(prompt=[999999]), "token id 999999 is not in the target's vocabulary (0 to 511)"),
+    (dict(prompt="a\ud800"), "the prompt is not valid Unicode text: a lone surrogate at character 1"),
+    (dict(route="nowhere"), "unknown route 'nowhere'; choose one of auto, fast, expert"),
+])  # fmt: skip
+def test_the_python_api_gives_the_same_messages(pair, settings, message):
+    engine = Engine(pair[1], pair[3])
+    with pytest.raises(DFlashError) as error:
+        engine.prepare(Request(**{"prompt": "hi", **settings}), EXPERT)
+    assert str(error.value) == message
+    if "seed" in settings or "prompt" in settings:  # the generation functions check them too
+        model, tokenizer = load(pair[1], pair[3])
+        with pytest.raises(DFlashError, match=re.escape(message)):
+            generate(model, tokenizer, settings.get("prompt", "hi"), 4, seed=settings.get("seed"))
 
 
 @pytest.mark.parametrize("port", ["99999", "-1", "65536", "http"])
