@@ -3,6 +3,7 @@ cache and mid-way resume."""
 
 import importlib
 import json
+from dataclasses import fields
 
 import pytest
 
@@ -11,7 +12,8 @@ from adapters.errors import DFlashError
 from dflash.generate import plain_generate
 from tests.helpers import make_tiny_data
 from train import data
-from train.cli import main
+from train.cli import build_parser, main
+from train.dflash_train import TrainConfig
 from train.data import load_prompts, load_sequences, regenerate
 
 
@@ -113,3 +115,11 @@ def test_a_single_file_target_is_fingerprinted_by_its_file(tmp_path):
     assert before != str(weights)
     weights.write_bytes(b"GGUF" + bytes(32))
     assert data.target_fingerprint(str(weights)) != before
+
+
+def test_every_training_setting_has_its_run_option():
+    argv = ["run", "--target", "t", "--data", "d", "--out", "o", "--dflash2", "--selector-top-k", "8"]
+    options = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if k != "command"}
+    assert options.keys() == {f.name for f in fields(TrainConfig)}
+    config = TrainConfig(**options)
+    assert config.dflash2 and config.selector_top_k == 8

@@ -133,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--init-from-target", action="store_true",
                      help="start the draft layers as copies of the target's last layers (instead of a fresh init "
                      "with --residual-init-scale)")  # fmt: skip
+    run.add_argument("--dflash2", action="store_true",
+                     help="train a DFlash 2 drafter: dynamic convolutions around every sublayer and a path selector")  # fmt: skip
+    run.add_argument("--selector-rank", type=positive_int, default=DEFAULTS.selector_rank)
+    run.add_argument("--selector-top-k", type=positive_int, default=DEFAULTS.selector_top_k,
+                     help="candidates the path selector keeps at every block position")  # fmt: skip
+    run.add_argument("--conv-group-size", type=positive_int, default=DEFAULTS.conv_group_size,
+                     help="channels sharing one dynamic convolution kernel")  # fmt: skip
+    run.add_argument("--conv-kernel-size", type=positive_int, default=DEFAULTS.conv_kernel_size)
+    run.add_argument("--selector-weight", type=float, default=DEFAULTS.selector_weight,
+                     help="the selector loss's weight beside the block loss")  # fmt: skip
     run.add_argument("--seed", type=int, default=DEFAULTS.seed)
     run.add_argument("--save-every", type=positive_int, default=DEFAULTS.save_every)
     run.add_argument("--keep-checkpoints", type=positive_int, default=DEFAULTS.keep_checkpoints)
