@@ -14,7 +14,7 @@ import uvicorn
 
 from adapters.errors import DFlashError
 
-from ..cli import add_model_options, block_size_option, engine_from, open_standard_streams
+from ..cli import add_model_options, block_size_option, engine_from, interrupted, open_standard_streams
 from .app import create_app
 from .protocol import model_names
 from .scheduler import Scheduler
@@ -103,6 +103,8 @@ def main(argv=None) -> int:
     except (DFlashError, OSError) as e:
         print(f"dflash-serve: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        return interrupted("dflash-serve", e)
     names = ", ".join(model_names(server.scheduler.engine))
     print(f"dflash-serve: serving {names} on http://{args.host}:{listener.getsockname()[1]}", file=sys.stderr,
           flush=True)  # fmt: skip

@@ -137,7 +137,12 @@ class Scheduler:
         loaded = Future()
         self.thread = threading.Thread(target=self.work, args=(loaded,), name="dflash-worker", daemon=True)
         self.thread.start()
-        loaded.result()
+        try:
+            loaded.result()
+        except KeyboardInterrupt:  # ^C while loading: the worker stops once it has loaded, then parks
+            self.close(0)
+            self.stopped.wait()
+            raise
 
     def prepare(self, job: Job) -> None:
         """Check and tokenize the job's request for each route it may take, off the worker (no
