@@ -189,7 +189,7 @@ class DecoderAdapter:
         for generation; `thinking` switches the template's thinking mode (None: the family's default,
         the one its published drafters were trained with)."""
         if getattr(tokenizer, "chat_template", None) is None:
-            raise DFlashError("the target's tokenizer has no chat template; run with --no-chat")
+            raise DFlashError("the target's tokenizer has no chat template; turn chat off to give it raw text")
         options = dict(self.chat_template_kwargs)
         if thinking is not None:
             options["enable_thinking"] = thinking

@@ -244,7 +244,7 @@ def test_bad_prompts_and_options(make_pair):
     "argv, message",
     [
         (["--prompt", ""], "the prompt is empty"),
-        (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+        (["--max-new-tokens", "0"], "max tokens must be at least 1, got 0"),
         (["--block-size", "1"], "block size must be between 2"),
         (["--draft-window", "0"], "the drafter's context window must be at least 1 position, got 0"),
         (["--dtype", "float32", "--preset", "qwen3-4b"], "give either --preset or --target-model"),
