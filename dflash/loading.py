@@ -55,11 +55,7 @@ class DFlashModel:
         tokens = [[last] + [self.draft.config.mask_token_id] * (block_size - 1) for last in lasts]
         batched = () if block_offset is None else (block_offset, mask)
         hidden = self.draft(self.adapter.embed(mx.array(tokens)), context, cache, *batched)[:, 1:]
-        finish = getattr(self.draft, "finish_block", None)  # stand-in drafters give logits-ready states
-        if finish is None:
-            logits, path = self.adapter.lm_head(hidden), None
-        else:
-            logits, path = finish(hidden, self.adapter.lm_head, mx.array(lasts))
+        logits, path = self.draft.finish_block(hidden, self.adapter.lm_head, mx.array(lasts))
         proposals = [
             path[i] if path is not None and type(rule).propose in PROPOSES_THE_ARGMAX
             else rule.propose(logits[i], state)

@@ -155,6 +155,9 @@ class TableDrafter:
     def __call__(self, block, context, cache):
         return mx.array(self.rows[: block.shape[1], block[0, 0].item()])[None]
 
+    def finish_block(self, hidden, lm_head, anchors):
+        return lm_head(hidden), None  # no path selector
+
 
 def table_drafter(quality: str) -> TableDrafter:
     """good: i steps ahead, the bigram part of the target alone (no filters) run i times;
