@@ -51,10 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--min-p", type=float, default=0.0,
                           help="drop tokens below min-p times the top token's probability, in [0, 1) (default 0: off)")
     sampling.add_argument("--seed", type=int, help="seed of the random draws: the same seed gives the same text")
-    sampling.add_argument("--acceptance", choices=sorted(ACCEPTANCE_RULES), default="speculative",
+    sampling.add_argument("--acceptance", choices=sorted(ACCEPTANCE_RULES), default=None,
                           help="how proposals are accepted at temperature > 0, all lossless: speculative sampling "
-                          "(default; accepts with probability min(1, p/q)), match (accepts a proposal equal to the "
-                          "target's own draw) or argmax (proposes the drafter's argmax, accepts it with probability p)")
+                          "(accepts with probability min(1, p/q)), match (accepts a proposal equal to the "
+                          "target's own draw) or argmax (proposes the drafter's argmax, or a DFlash 2 drafter's "
+                          "selector path, and accepts it with probability p); default: argmax for a DFlash 2 "
+                          "drafter, speculative otherwise")
     out = parser.add_argument_group("output")
     out.add_argument("--stream", action="store_true", help="print text as it is verified")
     out.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -145,7 +147,8 @@ def run(args) -> dict:
     )
     if decision.route == FAST:
         return report
-    report["sampling"]["acceptance"] = "greedy" if settings.greedy else args.acceptance
+    rule = args.acceptance or model.acceptance_rule
+    report["sampling"]["acceptance"] = "greedy" if settings.greedy else rule
     report.update(acceptance_lengths=stats.acceptance_lengths, block_sizes=stats.block_sizes,
                   mean_acceptance=stats.mean_acceptance,
                   draft_time=stats.draft_time, verify_time=stats.verify_time)  # fmt: skip

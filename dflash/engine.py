@@ -22,7 +22,7 @@ from adapters.routing import (
     make_router,
 )
 
-from .acceptance import check_rule, make_acceptance
+from .acceptance import Acceptance, check_rule, make_acceptance
 from .block_size import AUTO
 from .decode import check_block_size, check_draft_window, check_max_tokens, check_seed, whole_number
 from .generate import (
@@ -51,7 +51,7 @@ class Request:
     prompt: Union[str, list]  # text, token ids (no chat template then) or a conversation of messages
     max_tokens: int = 256  # at most: generation also stops at the target's context window
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
-    acceptance: str = "speculative"  # the rule at temperature > 0: speculative, match or argmax
+    acceptance: Optional[str] = None  # the rule at temperature > 0: speculative, match or argmax; None: the drafter's
     seed: Optional[int] = None
     block_size: Union[int, str, None] = None  # default: the drafter's; "auto": chosen every step
     draft_window: Optional[int] = None  # the drafter sees this many last committed positions; None: all
@@ -64,7 +64,8 @@ class Request:
         check_max_tokens(self.max_tokens)
         if not isinstance(self.sampling, SamplingSettings):
             raise DFlashError(f"sampling must be SamplingSettings, got {self.sampling!r}")
-        check_rule(self.acceptance)
+        if self.acceptance is not None:
+            check_rule(self.acceptance)
         check_seed(self.seed)
         if self.block_size not in (AUTO, None) and not whole_number(self.block_size):
             raise DFlashError(f"block size must be auto or a whole number, got {self.block_size!r}")
@@ -182,6 +183,11 @@ class Engine:
         """The block size asked for, else the pair's (None: the drafter's own)."""
         return asked if asked is not None else self.pair.block_size
 
+    def acceptance(self, request: Request) -> Acceptance:
+        """The expert route's acceptance rule for `request`: the one it names, else the drafter's."""
+        model, _ = self.expert
+        return make_acceptance(request.sampling, request.acceptance or model.acceptance_rule)
+
     def run(self, prepared: Prepared) -> Iterator[GenerationResponse]:
         """Generate, one response per step."""
         request = prepared.request
@@ -192,7 +198,7 @@ class Engine:
         model, tokenizer = self.expert
         return stream_generate(
             model, tokenizer, prepared.prompt_ids, prepared.max_tokens, block_size=self.block_size(request.block_size),
-            acceptance=make_acceptance(request.sampling, request.acceptance), seed=request.seed,
+            acceptance=self.acceptance(request), seed=request.seed,
             draft_window=request.draft_window,
         )  # fmt: skip
 

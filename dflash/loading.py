@@ -46,6 +46,12 @@ class DFlashModel:
         """The compute dtype (the drafter is cast to the dtype of the target's hidden states)."""
         return self.adapter.dtype
 
+    @property
+    def acceptance_rule(self) -> str:
+        """The rule at temperature > 0 when a request names none: argmax for a DFlash 2 drafter,
+        so that its selector's path is what is proposed (see PROPOSES_THE_ARGMAX), else speculative."""
+        return "argmax" if self.draft.config.dflash2 else "speculative"
+
     def draft_block(self, lasts: List[int], block_size: int, context: mx.array, cache, acceptances: list,
                     states: list, block_offset=None, mask=None) -> Tuple[mx.array, mx.array]:  # fmt: skip
         """Draft one block per row: embed [last committed token, mask, ..., mask], run the drafter

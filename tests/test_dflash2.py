@@ -16,8 +16,9 @@ from safetensors.numpy import save_file
 import dflash
 from adapters import default_target_layer_ids
 from dflash import DFlashError, decode
-from dflash.acceptance import GreedyAcceptance, make_acceptance
+from dflash.acceptance import ArgmaxProposals, GreedyAcceptance, SpeculativeSampling, TokenMatching, make_acceptance
 from dflash.batch import batch_generate
+from dflash.engine import Engine, Request
 from dflash.generate import plain_generate
 from dflash.loading import check_pair
 from dflash.model import DraftConfig
@@ -211,6 +212,13 @@ def test_the_selector_proposes_for_the_argmax_rules_only(pairs):
         assert mx.array_equal(proposals, expected) and mx.array_equal(draft_logits, logits)
     assert not mx.array_equal(path[0], mx.argmax(logits[0], axis=-1))  # the path is the selector's
 
+
+def test_a_dflash2_drafter_samples_with_the_argmax_rule_unless_told(pairs, make_pair):
+    sampled = SamplingSettings(temperature=0.7)
+    engine = Engine(*pairs("llama"))
+    assert isinstance(engine.acceptance(Request("hi", sampling=sampled)), ArgmaxProposals)
+    assert isinstance(engine.acceptance(Request("hi", sampling=sampled, acceptance="match")), TokenMatching)
+    assert isinstance(Engine(*make_pair("llama")).acceptance(Request("hi", sampling=sampled)), SpeculativeSampling)
 
 def without(config: dict, section: str, key: str) -> dict:
     return {**config, section: {k: v for k, v in config[section].items() if k != key}}

@@ -25,7 +25,6 @@ import jinja2
 from adapters.errors import DFlashError
 from adapters.routing import EXPERT, FAST, RouteDecision
 
-from ..acceptance import make_acceptance
 from ..batch import BatchDecoder
 from ..decode import check_block_size
 from ..engine import Engine, Prepared, Request
@@ -318,8 +317,7 @@ class Scheduler:
             job.responses = self.engine.run(prepared)
             return
         request = prepared.request
-        job.joining = (prepared.prompt_ids, prepared.max_tokens, request.seed,
-                       make_acceptance(request.sampling, request.acceptance))  # fmt: skip
+        job.joining = (prepared.prompt_ids, prepared.max_tokens, request.seed, self.engine.acceptance(request))
 
     def fail(self, job: Job, error: APIError) -> None:
         job.push(error)
