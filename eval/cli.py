@@ -32,7 +32,7 @@ from .report import build_report, number, write_report
 from .router import add_router
 from .serve_load import add_serve_load
 from .steps import add_steps
-from .suites import HUB_SUITES, load_suites, suite_hash
+from .suites import HUB_SUITES, PACKAGED_SUITES, SHIPPED_SUITES, load_suites, suite_hash
 
 
 def add_bench(subcommands) -> None:
@@ -58,7 +58,8 @@ def add_bench(subcommands) -> None:
     parser.add_argument(
         "--suite",
         action="append",
-        help=f"offline (built in), {', '.join(HUB_SUITES)} (need a network) or a JSONL file of "
+        help=f"{', '.join([*SHIPPED_SUITES, *PACKAGED_SUITES])} (offline), {', '.join(HUB_SUITES)} (need a network) "
+        "or a JSONL file of "
         '{"prompt": ..., "id": ...} lines; repeat for several (default: offline)',
     )
     parser.add_argument("--limit", type=at_least(1), help="run only the first N prompts of each suite")

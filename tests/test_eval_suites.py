@@ -61,7 +61,7 @@ def test_missing_unknown_empty_and_duplicate_suites(tmp_path):
 
 
 def test_hub_suites_fail_with_one_line_offline(monkeypatch):
-    assert set(HUB_SUITES) == {"gsm8k", "math500", "humaneval", "mbpp", "mt-bench"}
+    assert set(HUB_SUITES) == {"gsm8k", "math500", "mbpp", "mt-bench"}
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
@@ -102,3 +102,11 @@ def test_hub_suite_field_mapping(monkeypatch):
         Prompt("81", "mt-bench", "Write a haiku.", "writing"),
         Prompt("82", "mt-bench", "Explain DNS.", "stem"),
     ]
+
+
+def test_humaneval_loads_offline_from_its_package(monkeypatch):
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("HumanEval needs no network"))
+    prompts = load_suite("humaneval")
+    assert len(prompts) == 164 and len({p.id for p in prompts}) == 164
+    assert prompts[0].id == "HumanEval/0" and prompts[0].prompt.startswith("from typing import List")
+    assert load_suite("humaneval", limit=3) == prompts[:3]

