@@ -134,4 +134,4 @@ def dequantize_if_asked(model: nn.Module, setting: str, what: str) -> None:
     mx.eval(model.parameters())
     if setting == "auto":
         print(f"dflash-mlx: dequantized the {what} ({size / 1e9:.2f} GB) for the CPU backend, where quantized "
-              "matmuls over several tokens are slow; --dequantize off keeps it quantized", file=sys.stderr)  # fmt: skip
+              "matmuls over several tokens are slow; dequantize off keeps it quantized", file=sys.stderr)  # fmt: skip

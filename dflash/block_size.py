@@ -1,5 +1,5 @@
-"""`--block-size auto`: every step's block size chosen from the request's own measurements, to
-maximise the expected tokens per second.
+"""`--block-size auto`: every step's block size chosen from the batch's own measurements (one
+sequence's, or a batch's rows' pooled), to maximise the expected tokens per second.
 
 A step with a block of b positions commits 1 + k tokens, k the proposals accepted before the
 first rejection (k <= b - 1). Over the steps so far, a_i is the share of the steps that tested
@@ -25,7 +25,8 @@ SMALLEST = 2
 
 
 class AutoBlockSize:
-    """One request's measurements and its choice of block size, kept in its DecodeState."""
+    """A batch's measurements and its choice of block size, kept in its decode.Batch: one size for
+    all its rows at every step (for one sequence, that request's own)."""
 
     def __init__(self, largest: int):
         self.largest = largest

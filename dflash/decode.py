@@ -1,12 +1,15 @@
-"""One request's speculative decoding, step by step: `start` a `DecodeState`, `prefill` the
-prompt, then `step` until `state.finished`.
+"""Speculative decoding, one step over rows: a row is one request's `DecodeState`, a `Batch` owns
+what its rows share (the target's and the drafter's caches, a row each, and the block size), and
+`step` drafts, verifies, accepts and commits one block for every row of a batch at once. One
+sequence is a batch of one (`start`, `prefill`, then `Single.step` until `finished`), with plain
+mlx-lm caches and no padding masks; dflash/batch.py keeps sequences that come and go in a batch
+of RaggedKVCaches.
 
-A step drafts a block in one drafter pass, verifies it in one target pass, lets the acceptance
-rule pick the committed tokens, and commits them: the target keeps the positions of
-[last committed token, accepted proposals] and forgets the rest, and the drafter is conditioned
-next on the tapped target states of those kept positions. Everything a request carries between
-steps lives in its DecodeState, so requests can be interleaved; the model and the acceptance
-rule are shared and hold none of it.
+A step drafts a block for every row in one drafter pass, verifies all the blocks in one target
+pass, lets each row's acceptance rule pick its committed tokens, and commits them: the target
+keeps each row's positions of [last committed token, accepted proposals] and forgets the rest,
+and the drafter is conditioned next on the tapped target states of those kept positions. The
+model and the rules are shared and hold no request's state.
 """
 
 import time
@@ -18,7 +21,7 @@ from mlx_lm.generate import generation_stream
 
 from adapters.errors import DFlashError
 
-from .acceptance import Acceptance
+from .acceptance import Acceptance, GreedyAcceptance
 from .block_size import AUTO, AutoBlockSize
 from .loading import DFlashModel
 from .stats import GenerationStats
@@ -30,15 +33,14 @@ PREFILL_STEP_SIZE = 2048
 
 @dataclass
 class DecodeState:
-    target_cache: list
-    draft_cache: list
-    block_size: int  # with block_sizer: the largest it may choose
+    """One request's own state, a row of a batch; the caches are the batch's."""
+
     max_tokens: int
     key: mx.array  # the request's random stream (sampling rules only)
     stats: GenerationStats
-    context: Optional[mx.array] = None  # tapped target states of committed positions the drafter has not seen
+    acceptance: Acceptance = field(default_factory=GreedyAcceptance)
+    context: Optional[mx.array] = None  # [1, n, n_taps * D] tapped target states the drafter has not seen
     tokens: List[int] = field(default_factory=list)  # committed so far; the last one is not in the target cache
-    block_sizer: Optional[AutoBlockSize] = None  # block size "auto": chooses each step's block
 
     @property
     def finished(self) -> bool:
@@ -47,6 +49,22 @@ class DecodeState:
     def next_key(self) -> mx.array:
         self.key, key = mx.random.split(self.key)
         return key
+
+
+@dataclass
+class Batch:
+    """What the rows decoded together share. Its caches hold a row for each DecodeState, in the
+    order `step` is given them: plain mlx-lm caches for one sequence, RaggedKVCaches (and a row of
+    recurrent state each) for a batch. The block size is the batch's: a step drafts one block
+    size for all its rows, so "auto" chooses it from the rows' pooled acceptance and the step's
+    time per row (for one sequence, that request's own)."""
+
+    block_size: int  # with block_sizer: the largest it may choose
+    block_sizer: Optional[AutoBlockSize] = None  # block size "auto": chooses each step's block
+    draft_window: Optional[int] = None  # the drafter sees this many last context positions, and those of the step
+    ragged: bool = False  # RaggedKVCaches with padding masks (dflash/batch.py), else one row in plain mlx-lm caches
+    target_cache: Optional[list] = None
+    draft_cache: Optional[list] = None
 
 
 # mx.random.key takes a 64-bit unsigned seed.
@@ -73,10 +91,55 @@ def check_draft_window(draft_window: Optional[int]) -> None:
         raise DFlashError(f"the drafter's context window must be at least 1 position, got {draft_window!r}")
 
 
-def check_block_size(model: DFlashModel, block_size: Union[int, str, None]) -> None:
-    """A block size is "auto", None (the drafter's) or between 2 and the drafter's."""
-    if block_size not in (AUTO, None) and not (whole_number(block_size) and 2 <= block_size <= model.block_size):
+def resolve_block_size(model: DFlashModel, block_size: Union[int, str, None]) -> Union[int, str]:
+    """The block size a request decodes with: "auto", one between 2 and the drafter's, or for
+    None the drafter's own."""
+    if block_size is None:
+        return model.block_size
+    if block_size != AUTO and not (whole_number(block_size) and 2 <= block_size <= model.block_size):
         raise DFlashError(f"block size must be between 2 and the drafter's {model.block_size}, got {block_size}")
+    return block_size
+
+
+def new_state(max_tokens: int, *, seed: Optional[int] = None, stats: Optional[GenerationStats] = None,
+              acceptance: Optional[Acceptance] = None) -> DecodeState:  # fmt: skip
+    """A fresh row. With no seed the random stream starts from mlx's global generator."""
+    check_max_tokens(max_tokens)
+    check_seed(seed)
+    if seed is None:
+        seed = mx.random.randint(0, 2**31 - 1).item()
+    return DecodeState(max_tokens, mx.random.key(seed), stats if stats is not None else GenerationStats(),
+                       acceptance or GreedyAcceptance())  # fmt: skip
+
+
+def new_batch(model: DFlashModel, block_size: Union[int, str, None] = None, draft_window: Optional[int] = None,
+              ragged: bool = False) -> Batch:  # fmt: skip
+    """A batch with no caches yet. `block_size` "auto" chooses every step's block
+    (dflash/block_size.py); `draft_window` bounds the drafter's context (DFlashDraftModel.make_cache)."""
+    block_size = resolve_block_size(model, block_size)
+    check_draft_window(draft_window)
+    auto = block_size == AUTO
+    return Batch(model.block_size if auto else block_size, AutoBlockSize(model.block_size) if auto else None,
+                 draft_window, ragged)  # fmt: skip
+
+
+@dataclass
+class Single:
+    """One sequence: a batch of one row."""
+
+    batch: Batch
+    state: DecodeState
+
+    # What a caller of one sequence reads.
+    tokens = property(lambda self: self.state.tokens)
+    context = property(lambda self: self.state.context)
+    finished = property(lambda self: self.state.finished)
+    target_cache = property(lambda self: self.batch.target_cache)
+    draft_cache = property(lambda self: self.batch.draft_cache)
+
+    def step(self, model: DFlashModel) -> List[int]:
+        """One draft-verify-accept-commit step; returns the committed tokens (at least one)."""
+        return step(model, self.batch, [self.state])[0]
 
 
 def start(
@@ -88,38 +151,26 @@ def start(
     stats: Optional[GenerationStats] = None,
     target_cache: Optional[list] = None,
     draft_window: Optional[int] = None,
-) -> DecodeState:
-    """A fresh state. With no seed the random stream starts from mlx's global generator.
-    `target_cache`, if given, is an empty cache from `adapter.make_cache()` that the request fills,
-    as mlx-lm's prompt_cache: afterwards it holds every committed token but the last.
-    `block_size` "auto" chooses every step's block (dflash/block_size.py). `draft_window` bounds
-    the drafter's context to the last that many committed positions (DFlashDraftModel.make_cache)."""
-    check_max_tokens(max_tokens)
-    check_block_size(model, block_size)
-    auto = block_size == AUTO
-    check_draft_window(draft_window)
-    check_seed(seed)
-    if seed is None:
-        seed = mx.random.randint(0, 2**31 - 1).item()
-    return DecodeState(
-        target_cache=target_cache if target_cache is not None else model.adapter.make_cache(),
-        draft_cache=model.draft.make_cache(draft_window),
-        block_size=model.block_size if auto else block_size or model.block_size,
-        max_tokens=max_tokens,
-        key=mx.random.key(seed),
-        stats=stats if stats is not None else GenerationStats(),
-        block_sizer=AutoBlockSize(model.block_size) if auto else None,
-    )
+) -> Single:
+    """A fresh sequence. `target_cache`, if given, is an empty cache from `adapter.make_cache()`
+    that the request fills, as mlx-lm's prompt_cache: afterwards it holds every committed token
+    but the last. See `new_state` and `new_batch` for the rest."""
+    state = new_state(max_tokens, seed=seed, stats=stats)
+    batch = new_batch(model, block_size, draft_window)
+    batch.target_cache = target_cache if target_cache is not None else model.adapter.make_cache()
+    batch.draft_cache = model.draft.make_cache(draft_window)
+    return Single(batch, state)
 
 
-def prefill(model: DFlashModel, state: DecodeState, prompt: mx.array, acceptance: Acceptance) -> List[int]:
-    """Run the prompt through the target; returns [the first generated token]."""
-    prefill_together(model, [state], [prompt.tolist()], [acceptance], state.target_cache)
-    return state.tokens[:1]
+def prefill(model: DFlashModel, single: Single, prompt: mx.array, acceptance: Acceptance) -> List[int]:
+    """Run the prompt through the target; `acceptance` is the request's rule from its first token
+    on. Returns [the first generated token]."""
+    single.state.acceptance = acceptance
+    prefill_together(model, [single.state], [prompt.tolist()], single.target_cache)
+    return single.tokens[:1]
 
 
-def prefill_together(model: DFlashModel, states: List[DecodeState], prompts: List[List[int]],
-                     acceptances: List[Acceptance], caches: list) -> None:  # fmt: skip
+def prefill_together(model: DFlashModel, states: List[DecodeState], prompts: List[List[int]], caches: list) -> None:
     """Run several prompts through the target as one batch, `caches` holding a row for each, and
     commit each state's first token. As mlx-lm's BatchGenerator does, prompts of different lengths
     are right-padded to the longest, the caches told so (`prepare`/`finalize`) so that the
@@ -148,39 +199,83 @@ def prefill_together(model: DFlashModel, states: List[DecodeState], prompts: Lis
         last = adapter.verify(mx.array([prompt[-1:] for prompt in prompts]), caches, layer_ids)
         taps = mx.concatenate(taps + [last.taps], axis=1)  # [rows, longest + 1, n_taps * D]
         logits = adapter.lm_head(last.hidden)
-        for i, (state, acceptance, n) in enumerate(zip(states, acceptances, lengths)):
+        for i, (state, n) in enumerate(zip(states, lengths)):
             state.context = mx.concatenate([taps[i : i + 1, :n], taps[i : i + 1, -1:]], axis=1)
-            state.tokens.append(acceptance.first_token(logits[i, -1], state))
+            state.tokens.append(state.acceptance.first_token(logits[i, -1], state))
 
 
-def step(model: DFlashModel, state: DecodeState, acceptance: Acceptance) -> List[int]:
-    """One draft-verify-accept-commit step; returns the committed tokens (at least one)."""
+def draft_inputs(batch: Batch, states: List[DecodeState], block_size: int, sizes: List[int]) -> tuple:
+    """(context, block_offset, mask, padding) for the drafter's pass. One plain row: its context
+    and no mask (its caches place the block). Ragged rows: each row's unseen context right-padded
+    to the longest, which its cache takes whole and then forgets (`padding`), the block placed
+    after each row's own context, and a mask of the positions each row sees: its own context,
+    within the draft window where there is one, as a RotatingKVCache of the window keeps them
+    (the window less one position, plus those the step hands it), and its block's first `sizes`
+    positions."""
+    if not batch.ragged:
+        return states[0].context, None, None, None
+    lengths = [state.context.shape[1] for state in states]
+    width = max(lengths)
+    context = mx.concatenate([mx.pad(state.context, [(0, 0), (0, width - n), (0, 0)])
+                              for state, n in zip(states, lengths)])  # fmt: skip
+    block_offset = batch.draft_cache[0].offset + mx.array(lengths)  # each row's context so far
+    position = mx.arange(max(batch.draft_cache[0].lengths) + width)[None]
+    sees = position < block_offset[:, None]
+    if batch.draft_window is not None:
+        sees = sees & (position >= (block_offset - batch.draft_window + 1 - mx.array(lengths))[:, None])
+    in_block = mx.arange(block_size)[None] < mx.array(sizes)[:, None]
+    mask = mx.concatenate([sees, in_block], axis=1)[:, None, None, :]
+    return context, block_offset, mask, [width - n for n in lengths]
+
+
+def step(model: DFlashModel, batch: Batch, states: List[DecodeState]) -> List[List[int]]:
+    """One draft-verify-accept-commit step of every row; returns each row's committed tokens
+    (at least one each)."""
     adapter, config = model.adapter, model.draft.config
-    remaining = state.max_tokens - len(state.tokens)
-    # A block of b positions commits at most b tokens: draft no further than max_tokens.
-    b = max(2, min(state.block_sizer.choose() if state.block_sizer else state.block_size, remaining))
-    last = state.tokens[-1]
+    remaining = [state.max_tokens - len(state.tokens) for state in states]
+    # A block of b positions commits at most b tokens: the batch drafts no further than its longest
+    # need, and each row no further than its own, as it would alone (the block is bidirectional,
+    # so a longer one would draft other logits, and a sampling rule draw other proposals).
+    b = max(2, min(batch.block_sizer.choose() if batch.block_sizer else batch.block_size, max(remaining)))
+    sizes = [max(2, min(b, left)) for left in remaining]
+    lasts = [state.tokens[-1] for state in states]
 
     with mx.stream(generation_stream):
         step_start = tic = time.perf_counter()
-        proposals, draft_logits = model.draft_block([last], b, state.context, state.draft_cache, [acceptance], [state])
-        proposals, draft_logits = proposals[0], draft_logits[0]
+        context, block_offset, mask, padding = draft_inputs(batch, states, b, sizes)
+        rules = [state.acceptance for state in states]
+        proposals, draft_logits = model.draft_block(lasts, b, context, batch.draft_cache, rules, states, block_offset,
+                                                    mask, sizes)  # fmt: skip
+        if padding is not None:
+            for layer_cache in batch.draft_cache:
+                layer_cache.forget(padding)
         mx.eval(proposals)
-        state.stats.draft_time += time.perf_counter() - tic
+        draft_time = time.perf_counter() - tic
 
         tic = time.perf_counter()
-        verified = adapter.verify(mx.concatenate([mx.array([last]), proposals])[None], state.target_cache,
-                                  config.target_layer_ids)  # fmt: skip
-        committed = acceptance.accept(proposals, draft_logits, adapter.lm_head(verified.hidden)[0], state)
-        state.stats.acceptance_lengths.append(len(committed))
-        state.stats.block_sizes.append(b)
-        if state.block_sizer:
-            state.block_sizer.record(b, accepted=len(committed) - 1, seconds=time.perf_counter() - step_start)
-        # A block of 2 drafted with one token left may commit 2: keep one.
-        committed = committed[:remaining]
-        # The pass ran [last, proposals]; keep the positions of [last, accepted proposals].
-        verified.commit(len(committed))
-        state.context = verified.taps[:, : len(committed)]
-        state.stats.verify_time += time.perf_counter() - tic
-    state.tokens.extend(committed)
+        blocks = mx.concatenate([mx.array(lasts)[:, None], proposals], axis=1)
+        verified = adapter.verify(blocks, batch.target_cache, config.target_layer_ids)
+        target_logits = adapter.lm_head(verified.hidden)
+        # A row's positions past its own block are verified with the others' and forgotten.
+        accepted = [rule.accept(proposals[i, : n - 1], draft_logits[i, : n - 1], target_logits[i, :n], state)
+                    for i, (rule, state, n) in enumerate(zip(rules, states, sizes))]  # fmt: skip
+        for state, tokens, n in zip(states, accepted, sizes):
+            state.stats.acceptance_lengths.append(len(tokens))
+            state.stats.block_sizes.append(n)
+        if batch.block_sizer:
+            seconds_per_row = (time.perf_counter() - step_start) / len(states)
+            for tokens, n in zip(accepted, sizes):
+                batch.block_sizer.record(n, accepted=len(tokens) - 1, seconds=seconds_per_row)
+        # A block may commit more than is left (one of 2 drafted with one token left commits 2).
+        committed = [tokens[:left] for tokens, left in zip(accepted, remaining)]
+        # The pass ran [last, proposals]; each row keeps the positions of [last, its accepted proposals].
+        kept = [len(tokens) for tokens in committed]
+        verified.commit(kept if batch.ragged else kept[0])
+        for i, (state, tokens) in enumerate(zip(states, committed)):
+            state.context = verified.taps[i : i + 1, : len(tokens)]
+            state.tokens.extend(tokens)
+        verify_time = time.perf_counter() - tic
+    for state in states:  # every row waited for the whole passes
+        state.stats.draft_time += draft_time
+        state.stats.verify_time += verify_time
     return committed

@@ -24,15 +24,14 @@ from adapters.routing import (
 
 from .acceptance import Acceptance, check_rule, make_acceptance
 from .block_size import AUTO
-from .decode import check_block_size, check_draft_window, check_max_tokens, check_seed, whole_number
+from .decode import check_draft_window, check_max_tokens, check_seed, resolve_block_size, whole_number
 from .generate import (
     GenerationResponse,
     GenerationResult,
     check_prompt_form,
     encode_prompt,
-    plain_generate,
+    generate,
     stream_generate,
-    stream_plain,
     within_window,
 )
 from .loading import DFlashModel, load
@@ -77,12 +76,15 @@ class Request:
 @dataclass(frozen=True)
 class Prepared:
     """A request checked against the models of its route, ready to run: its prompt's token ids
-    (the chat template applied) and the tokens it may generate within the context window."""
+    (the chat template applied), the tokens it may generate within the context window and, on the
+    expert route, the acceptance rule and block size it decodes with."""
 
     request: Request
     route: str  # FAST or EXPERT
     prompt_ids: List[int]
     max_tokens: int  # the request's, or fewer where the context window ends first
+    acceptance: Optional[Acceptance] = None  # expert route: the request's rule, else the drafter's
+    block_size: Union[int, str, None] = None  # expert route: the request's, else the engine's, else the drafter's
 
     @property
     def stops_at_window(self) -> bool:
@@ -92,19 +94,19 @@ class Prepared:
 def resolve_pair(target: Optional[str], draft: Optional[str], preset: Optional[str]) -> Preset:
     """The target and drafter a user asked for: a preset, both paths, or neither for the shipped pair."""
     if preset and (target or draft):
-        raise DFlashError("give either --preset or --target-model/--draft-model, not both")
+        raise DFlashError("give either a preset or a target and a drafter, not both")
     if preset:
         if preset not in PRESETS:
             raise DFlashError(f"unknown preset '{preset}'; choose one of {', '.join(sorted(PRESETS))}")
         return PRESETS[preset]
     if bool(target) != bool(draft):
-        raise DFlashError("give both --target-model and --draft-model (or neither, for the shipped offline pair)")
+        raise DFlashError("give both a target and a drafter (or neither, for the shipped offline pair)")
     if target:
         return Preset(target, draft)
     if not (DEFAULT_TARGET.is_dir() and DEFAULT_DRAFT.is_dir()):
         raise DFlashError(
             f"the offline default pair is not in {CHECKPOINTS} (it is built by train/, see the README); "
-            "pass --target-model and --draft-model, or --preset"
+            "give a target and a drafter, or a preset"
         )
     return Preset(str(DEFAULT_TARGET), str(DEFAULT_DRAFT))
 
@@ -123,9 +125,12 @@ class Engine:
         dtype: Optional[str] = "auto",
         dequantize: str = "auto",
         draft_bits: Optional[int] = None,
+        block_size: Union[int, str, None] = None,
     ):
         check_threshold(route_threshold)
         self.pair = resolve_pair(target, draft, preset)
+        # For requests that name none: this, else the pair's, else (None) the drafter's.
+        self.block_size = block_size if block_size is not None else self.pair.block_size
         self.target_path, self.draft_path = self.pair.target, self.pair.draft
         self.fast_path, self.router_kind, self.router_probe = fast_model, router, router_probe
         self.route_threshold, self.dtype = route_threshold, dtype
@@ -167,40 +172,35 @@ class Engine:
         return self.router.route(request.prompt)
 
     def prepare(self, request: Request, route: str) -> Prepared:
-        """`request` checked against the models of `route` (FAST or EXPERT): its block size against
-        the drafter, its prompt tokenized and checked against the vocabulary and context window.
-        Needs no MLX work but the models' loading, so it may run off the thread that generates."""
+        """`request` checked against the models of `route` (FAST or EXPERT) and resolved for them:
+        its prompt tokenized and checked against the vocabulary and context window, and on the
+        expert route its acceptance rule and its block size, checked against the drafter. Needs no
+        MLX work but the models' loading, so it may run off the thread that generates."""
         if route == FAST:
             adapter, tokenizer = self.fast.adapter, self.fast.tokenizer
+            decoding = {}
         else:
             model, tokenizer = self.expert
             adapter = model.adapter
-            check_block_size(model, request.block_size)
+            decoding = dict(
+                acceptance=make_acceptance(request.sampling, request.acceptance or model.acceptance_rule),
+                block_size=resolve_block_size(model, request.block_size if request.block_size is not None
+                                              else self.block_size),
+            )  # fmt: skip
         prompt_ids = encode_prompt(adapter, tokenizer, request.prompt, request.chat, request.thinking)
-        return Prepared(request, route, prompt_ids, within_window(adapter, prompt_ids, request.max_tokens))
-
-    def block_size(self, asked: Union[int, str, None]) -> Union[int, str, None]:
-        """The block size asked for, else the pair's (None: the drafter's own)."""
-        return asked if asked is not None else self.pair.block_size
-
-    def acceptance(self, request: Request) -> Acceptance:
-        """The expert route's acceptance rule for `request`: the one it names, else the drafter's."""
-        model, _ = self.expert
-        return make_acceptance(request.sampling, request.acceptance or model.acceptance_rule)
+        return Prepared(request, route, prompt_ids, within_window(adapter, prompt_ids, request.max_tokens), **decoding)
 
     def run(self, prepared: Prepared) -> Iterator[GenerationResponse]:
         """Generate, one response per step."""
         request = prepared.request
         if prepared.route == FAST:
             fast = self.fast
-            return stream_plain(fast.adapter, fast.tokenizer, prepared.prompt_ids, prepared.max_tokens,
-                                sampling=request.sampling, seed=request.seed)  # fmt: skip
+            return stream_generate(fast.adapter, fast.tokenizer, prepared.prompt_ids, prepared.max_tokens,
+                                   sampling=request.sampling, seed=request.seed)  # fmt: skip
         model, tokenizer = self.expert
-        return stream_generate(
-            model, tokenizer, prepared.prompt_ids, prepared.max_tokens, block_size=self.block_size(request.block_size),
-            acceptance=self.acceptance(request), seed=request.seed,
-            draft_window=request.draft_window,
-        )  # fmt: skip
+        return stream_generate(model, tokenizer, prepared.prompt_ids, prepared.max_tokens,
+                               block_size=prepared.block_size, acceptance=prepared.acceptance, seed=request.seed,
+                               draft_window=request.draft_window)  # fmt: skip
 
     def stream(self, request: Request, route: str) -> Iterator[GenerationResponse]:
         """Generate on `route` (FAST or EXPERT), one response per step."""
@@ -210,8 +210,8 @@ class Engine:
         """Plain mlx-lm decoding of the expert's target with the request's settings."""
         model, tokenizer = self.expert
         prepared = self.prepare(request, EXPERT)
-        return plain_generate(model.adapter, tokenizer, prepared.prompt_ids, prepared.max_tokens,
-                              sampling=request.sampling, seed=request.seed)  # fmt: skip
+        return generate(model.adapter, tokenizer, prepared.prompt_ids, prepared.max_tokens,
+                        sampling=request.sampling, seed=request.seed)  # fmt: skip
 
     def warm_up(self, request: Request) -> None:
         """A few tokens by DFlash and by plain decoding, so that neither pays first-call costs in a timing."""

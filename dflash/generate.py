@@ -1,9 +1,9 @@
 """Generation drivers, the way mlx-lm's generate.py is for plain decoding.
 
-`speculative_generate_step` drives one request's DecodeState (dflash/decode.py) and yields the
+`speculative_generate_step` drives one sequence, a batch of one (dflash/decode.py), and yields the
 tokens each step commits; `plain_generate_step` does the same for plain mlx-lm decoding of the
-target alone, one token a step. `stream_generate` / `generate` and `stream_plain` /
-`plain_generate` put the same detokenisation, stop tokens and statistics around either.
+target alone, one token a step. `stream_generate` / `generate` put the same detokenisation, stop
+tokens and statistics around either, as the model they are given says.
 """
 
 import time
@@ -17,7 +17,7 @@ from adapters import DecoderAdapter
 from adapters.errors import DFlashError
 
 from . import decode
-from .acceptance import Acceptance, GreedyAcceptance
+from .acceptance import Acceptance, GreedyAcceptance, make_acceptance
 from .loading import DFlashModel
 from .sampling import SamplingSettings
 from .stats import GenerationStats
@@ -122,11 +122,11 @@ def speculative_generate_step(
     then, per draft-and-verify step, the accepted proposals plus one target token.
     Never yields more than `max_tokens` tokens in all; stop tokens are the caller's business."""
     acceptance = acceptance or GreedyAcceptance()
-    state = decode.start(model, max_tokens=max_tokens, block_size=block_size, seed=seed, stats=stats,
-                         target_cache=prompt_cache, draft_window=draft_window)  # fmt: skip
-    yield decode.prefill(model, state, prompt, acceptance)
-    while not state.finished:
-        yield decode.step(model, state, acceptance)
+    single = decode.start(model, max_tokens=max_tokens, block_size=block_size, seed=seed, stats=stats,
+                          target_cache=prompt_cache, draft_window=draft_window)  # fmt: skip
+    yield decode.prefill(model, single, prompt, acceptance)
+    while not single.finished:
+        yield single.step(model)
 
 
 def plain_generate_step(
@@ -200,47 +200,42 @@ def stream_steps(
 
 
 def stream_generate(
-    model: DFlashModel,
+    model: Union[DFlashModel, DecoderAdapter],
     tokenizer,
-    prompt: Union[str, List[int]],
+    prompt: Union[str, List[int], List[dict]],
     max_tokens: int = 256,
     *,
-    block_size: Optional[int] = None,
-    chat: bool = False,
-    thinking: Optional[bool] = None,
+    sampling: Optional[SamplingSettings] = None,
     acceptance: Optional[Acceptance] = None,
     seed: Optional[int] = None,
+    block_size: Union[int, str, None] = None,
     draft_window: Optional[int] = None,
-) -> Generator[GenerationResponse, None, None]:
-    """Yield a GenerationResponse for every verified step, with the text it committed.
-    `draft_window` bounds the drafter's context to the last that many committed positions."""
-    prompt_ids = encode_prompt(model.adapter, tokenizer, prompt, chat, thinking)
-    max_tokens = within_window(model.adapter, prompt_ids, max_tokens)
-    stats = GenerationStats(prompt_tokens=len(prompt_ids))
-    steps = speculative_generate_step(mx.array(prompt_ids), model, max_tokens=max_tokens, block_size=block_size,
-                                      acceptance=acceptance, seed=seed, stats=stats,
-                                      draft_window=draft_window)  # fmt: skip
-    yield from stream_steps(steps, tokenizer, model.adapter.stop_tokens(tokenizer), max_tokens, stats)
-
-
-def stream_plain(
-    adapter: DecoderAdapter,
-    tokenizer,
-    prompt: Union[str, List[int]],
-    max_tokens: int = 256,
-    *,
     chat: bool = False,
     thinking: Optional[bool] = None,
-    sampling: Optional[SamplingSettings] = None,
-    seed: Optional[int] = None,
 ) -> Generator[GenerationResponse, None, None]:
-    """Plain mlx-lm decoding of the model behind `adapter`, streamed like `stream_generate`: the
-    baseline DFlash is measured against, and the router's fast route."""
+    """Yield a GenerationResponse for every step, with the text it committed. As mlx-lm's
+    `stream_generate` with or without a draft model, the model says how: a DFlashModel decodes
+    speculatively (a block a step), a DecoderAdapter by plain mlx-lm decoding of its model (a token
+    a step: the baseline, and the router's fast route). Greedy unless `sampling` says otherwise;
+    a DFlashModel accepts with `acceptance`, else with its drafter's rule for `sampling`.
+    `block_size` ("auto": chosen every step) and `draft_window` (the drafter sees only the last
+    that many committed positions) are for a DFlashModel only."""
     decode.check_max_tokens(max_tokens)
+    speculative = isinstance(model, DFlashModel)
+    adapter = model.adapter if speculative else model
+    if not speculative and (acceptance, block_size, draft_window) != (None, None, None):
+        raise DFlashError("plain decoding has no drafter: an acceptance rule, block size or draft window needs one")
     prompt_ids = encode_prompt(adapter, tokenizer, prompt, chat, thinking)
     max_tokens = within_window(adapter, prompt_ids, max_tokens)
     stats = GenerationStats(prompt_tokens=len(prompt_ids))
-    steps = plain_generate_step(mx.array(prompt_ids), adapter, max_tokens=max_tokens, sampling=sampling, seed=seed)
+    if speculative:
+        if acceptance is None:
+            acceptance = make_acceptance(sampling or SamplingSettings(), model.acceptance_rule)
+        steps = speculative_generate_step(mx.array(prompt_ids), model, max_tokens=max_tokens, block_size=block_size,
+                                          acceptance=acceptance, seed=seed, stats=stats,
+                                          draft_window=draft_window)  # fmt: skip
+    else:
+        steps = plain_generate_step(mx.array(prompt_ids), adapter, max_tokens=max_tokens, sampling=sampling, seed=seed)
     yield from stream_steps(steps, tokenizer, adapter.stop_tokens(tokenizer), max_tokens, stats)
 
 
@@ -252,11 +247,7 @@ def collect(responses: Iterator[GenerationResponse]) -> GenerationResult:
     return GenerationResult(tokens, text, response.stats, response.finish_reason)
 
 
-def generate(model: DFlashModel, tokenizer, prompt, max_tokens: int = 256, **kwargs) -> GenerationResult:
-    """Generate a whole response. Returns tokens, text, statistics and why it stopped."""
+def generate(model: Union[DFlashModel, DecoderAdapter], tokenizer, prompt, max_tokens: int = 256,
+             **kwargs) -> GenerationResult:  # fmt: skip
+    """Generate a whole response (see `stream_generate`). Returns tokens, text, statistics and why it stopped."""
     return collect(stream_generate(model, tokenizer, prompt, max_tokens, **kwargs))
-
-
-def plain_generate(adapter: DecoderAdapter, tokenizer, prompt, max_tokens: int = 256, **kwargs) -> GenerationResult:
-    """`generate` for plain decoding (see `stream_plain`)."""
-    return collect(stream_plain(adapter, tokenizer, prompt, max_tokens, **kwargs))

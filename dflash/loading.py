@@ -53,20 +53,27 @@ class DFlashModel:
         return "argmax" if self.draft.config.dflash2 else "speculative"
 
     def draft_block(self, lasts: List[int], block_size: int, context: mx.array, cache, acceptances: list,
-                    states: list, block_offset=None, mask=None) -> Tuple[mx.array, mx.array]:  # fmt: skip
+                    states: list, block_offset=None, mask=None, sizes: Optional[List[int]] = None,
+                    ) -> Tuple[mx.array, mx.array]:  # fmt: skip
         """Draft one block per row: embed [last committed token, mask, ..., mask], run the drafter
         (the batch's `block_offset` and `mask` as DraftAttention takes them), turn positions 1.. into
         logits; each row's rule proposes from them, or takes the DFlash 2 selector's path (see
-        PROPOSES_THE_ARGMAX). Returns (proposals [rows, block_size - 1], logits [rows, block_size - 1, V])."""
+        PROPOSES_THE_ARGMAX). A row of a batch may draft a shorter block than the batch's, its
+        `sizes` entry (its mask hides the positions past it): it proposes from its first positions
+        alone, as it would drafting that block by itself. Returns (proposals [rows, block_size - 1],
+        a shorter row's padded with its last, logits [rows, block_size - 1, V])."""
+        sizes = sizes or [block_size] * len(lasts)
         tokens = [[last] + [self.draft.config.mask_token_id] * (block_size - 1) for last in lasts]
         batched = () if block_offset is None else (block_offset, mask)
         hidden = self.draft(self.adapter.embed(mx.array(tokens)), context, cache, *batched)[:, 1:]
         logits, path = self.draft.finish_block(hidden, self.adapter.lm_head, mx.array(lasts))
-        proposals = [
-            path[i] if path is not None and type(rule).propose in PROPOSES_THE_ARGMAX
-            else rule.propose(logits[i], state)
-            for i, (rule, state) in enumerate(zip(acceptances, states))
-        ]  # fmt: skip
+        proposals = []
+        for i, (rule, state, size) in enumerate(zip(acceptances, states, sizes)):
+            if path is not None and type(rule).propose in PROPOSES_THE_ARGMAX:
+                proposed = path[i, : size - 1]
+            else:
+                proposed = rule.propose(logits[i, : size - 1], state)
+            proposals.append(mx.pad(proposed, (0, block_size - size), mode="edge"))
         return mx.stack(proposals), logits
 
 

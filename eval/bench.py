@@ -19,7 +19,7 @@ from mlx_lm.generate import speculative_generate_step
 from tqdm import tqdm
 
 from dflash.acceptance import make_acceptance
-from dflash.generate import collect, encode_prompt, generate, plain_generate, stream_steps
+from dflash.generate import collect, encode_prompt, generate, stream_steps
 from dflash.loading import DFlashModel
 from dflash.sampling import SamplingSettings
 from dflash.stats import GenerationStats
@@ -83,7 +83,7 @@ class Run:
 
 def run_plain(model: DFlashModel, tokenizer, prompt_ids: List[int], max_tokens: int, sampling: SamplingSettings,
               seed: int) -> Run:  # fmt: skip
-    result = plain_generate(model.adapter, tokenizer, prompt_ids, max_tokens, sampling=sampling, seed=seed)
+    result = generate(model.adapter, tokenizer, prompt_ids, max_tokens, sampling=sampling, seed=seed)
     return Run(result.tokens, result.stats.generation_time, peak_memory_gb=result.stats.peak_memory_gb)
 
 

@@ -8,6 +8,7 @@ import importlib
 import json
 import random
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import dflash  # noqa: F401  (OpenBLAS before mlx)
@@ -194,6 +195,17 @@ class OracleProposals(GreedyAcceptance):
                 token = (token + 1) % self.vocab_size
             proposals.append(token)
         return mx.array(proposals)
+
+
+class DraftLog(GreedyAcceptance):
+    """Greedy, and keeps every row's draft logits, by prompt length."""
+
+    def __init__(self):
+        self.logits = defaultdict(list)
+
+    def propose(self, draft_logits, state):
+        self.logits[state.stats.prompt_tokens].append(draft_logits)
+        return super().propose(draft_logits, state)
 
 
 def write_prompts(path: Path, count: int, seed: int = 0) -> Path:

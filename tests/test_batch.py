@@ -1,7 +1,6 @@
 """Batched speculative decoding: every sequence of a batch is token for token what it gets alone."""
 
 import json
-from collections import defaultdict
 
 import mlx.core as mx
 import pytest
@@ -11,10 +10,11 @@ import dflash
 from adapters.errors import DFlashError
 from dflash.acceptance import GreedyAcceptance, make_acceptance
 from dflash.batch import BatchDecoder, batch_generate, length_groups
-from dflash.generate import collect, plain_generate
+from dflash.generate import collect, generate
 from dflash.sampling import SamplingSettings
 from eval.cli import main as eval_main
 from tests.helpers import (
+    DraftLog,
     OracleProposals,
     assert_same_up_to_rounding,
     draft_config,
@@ -47,7 +47,7 @@ def prompts():
 @pytest.mark.parametrize("family", ["llama", "qwen3", "qwen3_moe", "gpt_oss", "qwen3_5", "qwen3_next"])
 def test_every_sequence_equals_its_single_run(make_pair, family):
     model, tokenizer = dflash.load(*make_pair(family))
-    singles = [plain_generate(model.adapter, tokenizer, p, 30).tokens for p in prompts()]
+    singles = [generate(model.adapter, tokenizer, p, 30).tokens for p in prompts()]
     assert [r.tokens for r in batch_generate(model, tokenizer, prompts(), 30)] == singles  # random drafter
     oracle = RowOracle({n: s for n, s in zip(LENGTHS, singles)}, model.adapter.vocab_size, miss_every=4)
     results = batch_generate(model, tokenizer, prompts(), 30, acceptance=oracle)
@@ -65,15 +65,15 @@ def test_a_ragged_commit_leaves_each_recurrent_row_where_its_single_run_would(ma
     decoder = BatchDecoder(model, tokenizer)
     for n in (7, 19, 11):  # one at a time: each row's prefill is its single run's
         decoder.insert([prompt_of(n, seed=n)], [20])
-    adapter.verify(blocks, decoder.target_cache, layer_ids).commit(kept)
-    recurrent = [i for i, cache in enumerate(decoder.target_cache) if isinstance(cache, ArraysCache)]
+    adapter.verify(blocks, decoder.batch.target_cache, layer_ids).commit(kept)
+    recurrent = [i for i, cache in enumerate(decoder.batch.target_cache) if isinstance(cache, ArraysCache)]
     assert recurrent
     for row, n in enumerate((7, 19, 11)):
         state = dflash.decode.start(model, max_tokens=20)
         dflash.decode.prefill(model, state, mx.array(prompt_of(n, seed=n)), GreedyAcceptance())
         adapter.verify(blocks[row : row + 1], state.target_cache, layer_ids).commit(kept[row])
         for i in recurrent:  # close, not equal: a batched matmul rounds differently from a single row's
-            for batched, single in zip(decoder.target_cache[i].cache, state.target_cache[i].cache):
+            for batched, single in zip(decoder.batch.target_cache[i].cache, state.target_cache[i].cache):
                 bound = rounding_bound(adapter, n + blocks.shape[1], single)
                 assert_same_up_to_rounding(batched[row : row + 1], single, bound)
 
@@ -99,8 +99,8 @@ def test_prompts_prefilled_together_leave_each_row_where_its_single_prefill_woul
         assert decoder.rows[row].state.tokens == state.tokens
         # close, not equal: a batched matmul rounds differently from a single row's
         bound = rounding_bound(model.adapter, len(prompt), state.context)
-        assert_same_up_to_rounding(decoder.rows[row].context, state.context, bound)
-        for batched, single in zip(decoder.target_cache, state.target_cache):
+        assert_same_up_to_rounding(decoder.rows[row].state.context, state.context, bound)
+        for batched, single in zip(decoder.batch.target_cache, state.target_cache):
             if isinstance(batched, ArraysCache):
                 pairs = [(b[row : row + 1], s) for b, s in zip(batched.cache, single.cache)]
             else:
@@ -113,7 +113,7 @@ def test_prompts_prefilled_together_leave_each_row_where_its_single_prefill_woul
 
 def test_stop_tokens_early_finishes_and_a_sequence_joining_midway(make_pair):
     model, tokenizer = dflash.load(*make_pair("llama"))
-    free = [plain_generate(model.adapter, tokenizer, p, 40).tokens for p in prompts()]
+    free = [generate(model.adapter, tokenizer, p, 40).tokens for p in prompts()]
     tokenizer.eos_token_ids = {free[1][6], free[3][20]}  # rows 1 and 3 stop early, at different steps
     singles = [dflash.generate(model, tokenizer, p, 40).tokens for p in prompts()]
     assert len(singles[1]) <= 6 and len(singles[3]) <= 20
@@ -149,22 +149,11 @@ def test_an_insert_whose_prefill_fails_adds_no_row(make_pair, monkeypatch):
     with pytest.raises(RuntimeError):
         decoder.insert([prompt_of(3, seed=3), prompt_of(90, seed=90)], [12, 12])  # two groups
     assert [row.uid for row in decoder.rows] == [kept] and len(calls) == 2
-    assert all(cache.keys.shape[0] == 1 for cache in decoder.target_cache + decoder.draft_cache)
+    assert all(cache.keys.shape[0] == 1 for cache in decoder.batch.target_cache + decoder.batch.draft_cache)
     tokens = []
     while decoder.rows:
         tokens += [t for _, response in decoder.step() for t in response.tokens]
-    assert tokens == plain_generate(model.adapter, tokenizer, prompt_of(5, seed=5), 12).tokens
-
-
-class DraftLog(GreedyAcceptance):
-    """Greedy, and keeps every row's draft logits, by prompt length."""
-
-    def __init__(self):
-        self.logits = defaultdict(list)
-
-    def propose(self, draft_logits, state):
-        self.logits[state.stats.prompt_tokens].append(draft_logits)
-        return super().propose(draft_logits, state)
+    assert tokens == generate(model.adapter, tokenizer, prompt_of(5, seed=5), 12).tokens
 
 
 def test_a_sliding_window_drafter_drafts_in_a_batch_what_it_drafts_alone(make_pair, tmp_path):
@@ -185,13 +174,15 @@ def test_a_sliding_window_drafter_drafts_in_a_batch_what_it_drafts_alone(make_pa
 
 def test_auto_block_size_is_exact_and_shared_by_the_rows(make_pair):
     model, tokenizer = dflash.load(*make_pair("llama"))
-    singles = [plain_generate(model.adapter, tokenizer, p, 40).tokens for p in prompts()]
+    singles = [generate(model.adapter, tokenizer, p, 40).tokens for p in prompts()]
     oracle = RowOracle({n: s for n, s in zip(LENGTHS, singles)}, model.adapter.vocab_size, miss_every=5)
     results = batch_generate(model, tokenizer, prompts(), 40, acceptance=oracle, block_size="auto")
     assert [r.tokens for r in results] == singles
     sizes = [r.stats.block_sizes for r in results]
     assert all(s == sizes[0][: len(s)] for s in sizes)  # one block size per step for the whole batch
-    assert sizes[0][:2] == [16, 2] and len(set(sizes[0])) > 2  # probes the extremes, then chooses
+    # It probes the extremes; what it chooses next depends on measured times (test_decode_speed.py
+    # checks the choice with given ones).
+    assert sizes[0][:2] == [16, 2]
     with pytest.raises(DFlashError, match="block size must be between 2"):
         BatchDecoder(model, tokenizer, block_size=17)
 

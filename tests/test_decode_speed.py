@@ -10,7 +10,7 @@ import dflash
 from adapters.errors import DFlashError
 from dflash.block_size import AutoBlockSize
 from dflash.cli import main as cli_main
-from dflash.generate import plain_generate
+from dflash.generate import generate
 from eval.bench import DFLASH, Variant, dflash_variants
 from eval.cli import main as bench_main
 from tests.helpers import OracleProposals, prompt_of
@@ -58,7 +58,7 @@ def test_start_refuses_a_bad_block_size(make_pair):
     for bad in (1, 5):
         with pytest.raises(DFlashError, match="block size must be between 2"):
             dflash.decode.start(model, max_tokens=8, block_size=bad)
-    assert dflash.decode.start(model, max_tokens=8, block_size="auto").block_sizer is not None
+    assert dflash.decode.start(model, max_tokens=8, block_size="auto").batch.block_sizer is not None
 
 
 @pytest.mark.parametrize("oracle", [False, True])
@@ -67,7 +67,7 @@ def test_auto_block_size_is_exact(make_pair, oracle):
     proposals that are right but every sixth token (accepts of every length)."""
     model, tokenizer = dflash.load(*make_pair("qwen3"))
     prompt = prompt_of(40, seed=3)
-    reference = plain_generate(model.adapter, tokenizer, prompt, 80).tokens
+    reference = generate(model.adapter, tokenizer, prompt, 80).tokens
     acceptance = OracleProposals(reference, model.adapter.vocab_size, miss_every=6) if oracle else None
     result = dflash.generate(model, tokenizer, prompt, 80, block_size="auto", acceptance=acceptance)
     assert result.tokens == reference
@@ -89,14 +89,13 @@ def test_bounded_drafter_context_keeps_greedy_exact(make_pair, capsys):
     target, draft = make_pair("llama")
     model, tokenizer = dflash.load(target, draft)
     prompt = prompt_of(50, seed=2)
-    reference = plain_generate(model.adapter, tokenizer, prompt, 40).tokens
-    state = dflash.decode.start(model, max_tokens=40, draft_window=8)
-    acceptance = dflash.GreedyAcceptance()
-    tokens = dflash.decode.prefill(model, state, mx.array(prompt), acceptance)
-    while not state.finished:
-        tokens += dflash.decode.step(model, state, acceptance)
+    reference = generate(model.adapter, tokenizer, prompt, 40).tokens
+    single = dflash.decode.start(model, max_tokens=40, draft_window=8)
+    tokens = dflash.decode.prefill(model, single, mx.array(prompt), dflash.GreedyAcceptance())
+    while not single.finished:
+        tokens += single.step(model)
     assert tokens == reference
-    cache = state.draft_cache[0]
+    cache = single.draft_cache[0]
     assert cache.offset > len(prompt) and cache.keys.shape[2] < 16  # absolute positions, a window of keys
     assert dflash.generate(model, tokenizer, prompt, 40, draft_window=8).tokens == reference
     with pytest.raises(DFlashError, match="context window must be at least 1"):

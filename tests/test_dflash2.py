@@ -15,11 +15,12 @@ from safetensors.numpy import save_file
 
 import dflash
 from adapters import default_target_layer_ids
+from adapters.routing import EXPERT
 from dflash import DFlashError, decode
 from dflash.acceptance import ArgmaxProposals, GreedyAcceptance, SpeculativeSampling, TokenMatching, make_acceptance
 from dflash.batch import batch_generate
 from dflash.engine import Engine, Request
-from dflash.generate import plain_generate
+from dflash.generate import generate
 from dflash.loading import check_pair
 from dflash.model import DraftConfig
 from dflash.sampling import SamplingSettings
@@ -191,7 +192,7 @@ def test_a_quantized_dflash2_drafter_stays_exact(pairs):
     assert "scales" in model.draft.layers[0].attention_conv.kernel_projection
     tokenizer.eos_token_ids = set()
     prompt = small_prompt(12, 4)
-    reference = plain_generate(model.adapter, tokenizer, prompt, 24).tokens
+    reference = generate(model.adapter, tokenizer, prompt, 24).tokens
     assert dflash.generate(model, tokenizer, prompt, 24).tokens == reference
 
 
@@ -216,9 +217,13 @@ def test_the_selector_proposes_for_the_argmax_rules_only(pairs):
 def test_a_dflash2_drafter_samples_with_the_argmax_rule_unless_told(pairs, make_pair):
     sampled = SamplingSettings(temperature=0.7)
     engine = Engine(*pairs("llama"))
-    assert isinstance(engine.acceptance(Request("hi", sampling=sampled)), ArgmaxProposals)
-    assert isinstance(engine.acceptance(Request("hi", sampling=sampled, acceptance="match")), TokenMatching)
-    assert isinstance(Engine(*make_pair("llama")).acceptance(Request("hi", sampling=sampled)), SpeculativeSampling)
+
+    def rule(engine, request):
+        return engine.prepare(request, EXPERT).acceptance
+
+    assert isinstance(rule(engine, Request("hi", sampling=sampled)), ArgmaxProposals)
+    assert isinstance(rule(engine, Request("hi", sampling=sampled, acceptance="match")), TokenMatching)
+    assert isinstance(rule(Engine(*make_pair("llama")), Request("hi", sampling=sampled)), SpeculativeSampling)
 
 def without(config: dict, section: str, key: str) -> dict:
     return {**config, section: {k: v for k, v in config[section].items() if k != key}}
@@ -281,7 +286,7 @@ def test_greedy_decoding_equals_plain_greedy_decoding(pairs, family):
     accepted = 0
     for seed, length in enumerate([1, 9, 40]):
         prompt = small_prompt(length, seed)
-        reference = plain_generate(model.adapter, tokenizer, prompt, 40).tokens
+        reference = generate(model.adapter, tokenizer, prompt, 40).tokens
         result = dflash.generate(model, tokenizer, prompt, 40)
         assert result.tokens == reference
         accepted += sum(n - 1 for n in result.stats.acceptance_lengths)
@@ -297,7 +302,7 @@ def test_sliding_window_softcapped_drafter_is_exact_alone_and_batched(pairs):
     tokenizer.eos_token_ids = set()
     prompts = [small_prompt(20, 3), small_prompt(5, 4)]
     singles = [dflash.generate(model, tokenizer, prompt, 30) for prompt in prompts]
-    assert [r.tokens for r in singles] == [plain_generate(model.adapter, tokenizer, p, 30).tokens for p in prompts]
+    assert [r.tokens for r in singles] == [generate(model.adapter, tokenizer, p, 30).tokens for p in prompts]
     batched = batch_generate(model, tokenizer, prompts, 30)  # each row's window at its own offset
     assert [r.tokens for r in batched] == [r.tokens for r in singles] and same_steps(batched, singles)
 
@@ -315,9 +320,10 @@ def test_batched_equals_single(pairs):
 
 
 def same_steps(batched, singles) -> bool:
-    """Each row accepted in each step what it accepted alone, its last step aside: there the batch
-    drafts the block its longest row still needs, a row alone the block it needs."""
-    return [r.stats.acceptance_lengths[:-1] for r in batched] == [r.stats.acceptance_lengths[:-1] for r in singles]
+    """Each row drafted and accepted in each step what it did alone (its last block too: a row
+    drafts no more than it needs, whatever the batch's longest row does)."""
+    return all(b.stats.acceptance_lengths == s.stats.acceptance_lengths and b.stats.block_sizes == s.stats.block_sizes
+               for b, s in zip(batched, singles))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

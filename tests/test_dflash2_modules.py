@@ -14,7 +14,7 @@ from mlx_lm.models.cache import KVCache
 import dflash
 from dflash import DFlashError
 from dflash.dflash2 import CandidateSelector, DynamicConv
-from dflash.generate import plain_generate
+from dflash.generate import generate
 from dflash.model import DraftLayer
 from tests.helpers import (
     FLOAT32_EPS,
@@ -174,7 +174,7 @@ def test_training_a_dflash2_drafter(tmp_path):
                               DynamicConv(64, 2, 16).base_kernel)  # the convolutions trained  # fmt: skip
     model, tokenizer = dflash.load(str(target), str(drafter))
     prompt = [5, 17, 99, 230]
-    reference = plain_generate(model.adapter, tokenizer, prompt, 24).tokens
+    reference = generate(model.adapter, tokenizer, prompt, 24).tokens
     assert dflash.generate(model, tokenizer, prompt, 24).tokens == reference
     with pytest.raises(DFlashError, match="conv_group_size 24 does not divide hidden_size 64"):
         train(replace(config, out=str(tmp_path / "bad"), conv_group_size=24))

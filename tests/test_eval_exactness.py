@@ -4,7 +4,7 @@ import mlx.core as mx
 import pytest
 
 import dflash
-from dflash.generate import plain_generate, encode_prompt
+from dflash.generate import encode_prompt, generate
 from eval.bench import DFLASH, PLAIN, Run, analyse
 from eval.environment import checkpoint_hashes, environment
 from eval.exactness import divergence_record, first_divergence, logit_gap
@@ -38,7 +38,7 @@ def near_tie(make_pair):
     target, draft = make_pair(block_size=4)
     model, tokenizer = dflash.load(target, draft)
     prompt_ids = encode_prompt(model.adapter, tokenizer, "The quick brown fox")
-    reference = plain_generate(model.adapter, tokenizer, prompt_ids, max_tokens=6).tokens
+    reference = generate(model.adapter, tokenizer, prompt_ids, max_tokens=6).tokens
     top1 = reference[POSITION]
     stop_tokens = model.adapter.stop_tokens(tokenizer)
     twin = next(t for t in range(tokenizer.vocab_size) if t not in set(prompt_ids + reference) | stop_tokens)
@@ -47,7 +47,7 @@ def near_tie(make_pair):
     # scores positive, and it never appears in the input.
     weight = embedding.weight
     embedding.weight = mx.concatenate([weight[:twin], weight[top1 : top1 + 1] * (1 - 1e-5), weight[twin + 1 :]])
-    assert plain_generate(model.adapter, tokenizer, prompt_ids, max_tokens=6).tokens == reference
+    assert generate(model.adapter, tokenizer, prompt_ids, max_tokens=6).tokens == reference
     return model, tokenizer, prompt_ids, reference, twin, (target, draft)
 
 

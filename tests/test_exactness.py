@@ -3,14 +3,14 @@
 import pytest
 
 import dflash
-from dflash.generate import plain_generate
+from dflash.generate import generate
 from tests.helpers import OracleProposals, prompt_of
 
 PROMPT_LENGTHS = [1, 7, 64, 300]
 
 
 def check_exact(model, tokenizer, prompt, max_tokens, block_size=None, oracle=False, miss_every=7):
-    reference = plain_generate(model.adapter, tokenizer, prompt, max_tokens).tokens
+    reference = generate(model.adapter, tokenizer, prompt, max_tokens).tokens
     acceptance = OracleProposals(reference, model.adapter.vocab_size, miss_every) if oracle else None
     result = dflash.generate(model, tokenizer, prompt, max_tokens, block_size=block_size, acceptance=acceptance)
     assert result.tokens == reference
@@ -52,7 +52,7 @@ def test_max_token_boundary(make_pair, max_tokens):
 def test_eos_inside_accepted_block(make_pair, eos_at):
     model, tokenizer = dflash.load(*make_pair("qwen3"))
     prompt = prompt_of(9)
-    free_run = plain_generate(model.adapter, tokenizer, prompt, 40).tokens
+    free_run = generate(model.adapter, tokenizer, prompt, 40).tokens
     eos = free_run[eos_at]
     stop_at = free_run.index(eos)  # the first occurrence is where both decoders must stop
     tokenizer.eos_token_ids = {eos}

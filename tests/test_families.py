@@ -9,7 +9,7 @@ from mlx_lm.models.cache import ArraysCache, KVCache
 
 import dflash
 from adapters import ADAPTERS
-from dflash.generate import plain_generate, speculative_generate_step
+from dflash.generate import generate, speculative_generate_step
 from tests.helpers import OracleProposals, assert_same_up_to_rounding, prompt_of, rounding_bound
 
 FAMILIES = ["qwen3_moe", "qwen3_next", "qwen3_5", "qwen3_5_moe", "gpt_oss", "gemma4_text"]
@@ -19,7 +19,7 @@ TIERED = [family if family in ("qwen3_next", "gpt_oss") else pytest.param(family
 
 
 def check_exact(model, tokenizer, prompt, max_tokens, block_size=None, miss_every=None):
-    reference = plain_generate(model.adapter, tokenizer, prompt, max_tokens).tokens
+    reference = generate(model.adapter, tokenizer, prompt, max_tokens).tokens
     acceptance = OracleProposals(reference, model.adapter.vocab_size, miss_every) if miss_every else None
     result = dflash.generate(model, tokenizer, prompt, max_tokens, block_size=block_size, acceptance=acceptance)
     assert result.tokens == reference
@@ -52,7 +52,7 @@ def test_max_token_boundary_and_eos_inside_an_accepted_block(make_pair, family):
     for max_tokens in (1, 2, 15, 16, 17):
         result = check_exact(model, tokenizer, prompt, max_tokens, miss_every=1000)
         assert len(result.tokens) == max_tokens or result.finish_reason == "stop"
-    free_run = plain_generate(model.adapter, tokenizer, prompt, 40).tokens
+    free_run = generate(model.adapter, tokenizer, prompt, 40).tokens
     eos = free_run[10]
     tokenizer.eos_token_ids = {eos}
     result = check_exact(model, tokenizer, prompt, 40, miss_every=1000)
@@ -70,7 +70,7 @@ def cache_arrays(cache) -> list:
 def test_rollback_leaves_the_caches_of_plain_decoding(make_pair, family):
     model, tokenizer = dflash.load(*make_pair(family))
     prompt = prompt_of(11, seed=4)
-    reference = plain_generate(model.adapter, tokenizer, prompt, 45).tokens
+    reference = generate(model.adapter, tokenizer, prompt, 45).tokens
     oracle = OracleProposals(reference, model.adapter.vocab_size, miss_every=4)
     spec_cache = model.adapter.make_cache()
     steps = list(speculative_generate_step(mx.array(prompt), model, max_tokens=len(reference), acceptance=oracle,

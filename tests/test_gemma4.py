@@ -12,7 +12,7 @@ from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 import dflash
 from dflash.batch import BatchDecoder
-from dflash.generate import collect, plain_generate, speculative_generate_step
+from dflash.generate import collect, generate, speculative_generate_step
 from tests.helpers import (
     OracleProposals,
     assert_same_up_to_rounding,
@@ -80,7 +80,7 @@ def test_greedy_decoding_equals_plain_decoding(pairs, layout):
     model, tokenizer = pairs(layout)
     for length, block_size in ((1, 8), (3 * WINDOW - 1, 4)):
         prompt = prompt_of(length, seed=length)
-        reference = plain_generate(model.adapter, tokenizer, prompt, 40).tokens
+        reference = generate(model.adapter, tokenizer, prompt, 40).tokens
         random_draft = dflash.generate(model, tokenizer, prompt, 24, block_size=block_size)
         assert random_draft.tokens == reference[:24]
         # A miss every block_size + 3 positions lands at a different offset in each block.
@@ -97,7 +97,7 @@ def test_rollback_trims_each_cache_once_to_plain_decodings(pairs, layout):
     layers read their source's) holds what plain decoding of the committed tokens leaves there."""
     model, tokenizer = pairs(layout)
     prompt = prompt_of(2 * WINDOW + 3, seed=4)
-    reference = plain_generate(model.adapter, tokenizer, prompt, 30).tokens
+    reference = generate(model.adapter, tokenizer, prompt, 30).tokens
     oracle = OracleProposals(reference, model.adapter.vocab_size, miss_every=4)
     spec_cache = model.adapter.make_cache()
     steps = list(speculative_generate_step(mx.array(prompt), model, max_tokens=len(reference), acceptance=oracle,
@@ -121,7 +121,7 @@ def test_a_batch_equals_its_single_runs(pairs, layout):
     and partial accepts in the same step, each row committing its own count."""
     model, tokenizer = pairs(layout)
     prompts = [prompt_of(n, seed=n) for n in (3, 2 * WINDOW + 1, 1, 5 * WINDOW)]
-    singles = [plain_generate(model.adapter, tokenizer, prompt, 24).tokens for prompt in prompts]
+    singles = [generate(model.adapter, tokenizer, prompt, 24).tokens for prompt in prompts]
     oracles = [OracleProposals(single, model.adapter.vocab_size, miss_every=3 + i) for i, single in enumerate(singles)]
     decoder = BatchDecoder(model, tokenizer)
     uids = decoder.insert(prompts, [24] * len(prompts), acceptances=oracles)

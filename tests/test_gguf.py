@@ -17,7 +17,7 @@ import dflash
 from adapters import adapter_for
 from adapters.loading import load_target
 from dflash import DFlashError
-from dflash.generate import plain_generate
+from dflash.generate import generate
 from tests.helpers import (
     CHAT_TEMPLATE, SPECIAL_TOKENS, TEXT, assert_same_up_to_rounding, draft_config, prompt_of, rounding_bound,
     save_random_draft, save_target, target_config,
@@ -217,7 +217,7 @@ def test_smollm2_decodes_exactly_with_dflash(smollm2, tmp_path):
     draft = save_random_draft(tmp_path / "draft", draft_config(target, block_size=8, mask_token_id=16))
     pair, _ = dflash.load(str(SMOLLM2), str(draft))
     prompt = tokenizer.encode(adapter_for(model).apply_chat_template(tokenizer, "What is the capital of France?"))
-    reference = plain_generate(pair.adapter, tokenizer, prompt, 16).tokens
+    reference = generate(pair.adapter, tokenizer, prompt, 16).tokens
     assert tokenizer.decode(reference).startswith("The capital of France is Paris")
     assert dflash.generate(pair, tokenizer, prompt, 16).tokens == reference
 

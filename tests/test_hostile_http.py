@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from adapters.routing import EXPERT
-from dflash.cli import engine_from
+from dflash.commands import engine_from
 from dflash.engine import Prepared, Request
 from dflash.generate import collect
 from dflash.server.cli import build_parser, listen, make_server

@@ -247,7 +247,7 @@ def test_bad_prompts_and_options(make_pair):
         (["--max-new-tokens", "0"], "max tokens must be at least 1, got 0"),
         (["--block-size", "1"], "block size must be between 2"),
         (["--draft-window", "0"], "the drafter's context window must be at least 1 position, got 0"),
-        (["--dtype", "float32", "--preset", "qwen3-4b"], "give either --preset or --target-model"),
+        (["--dtype", "float32", "--preset", "qwen3-4b"], "give either a preset or a target and a drafter"),
     ],
 )
 def test_cli_bad_input_is_one_line(make_pair, capsys, argv, message):

@@ -14,7 +14,7 @@ import dflash
 from adapters.loading import quantized_layers
 from dflash import DFlashError
 from dflash.cli import main as cli_main
-from dflash.generate import plain_generate
+from dflash.generate import generate
 from eval.cli import main as eval_main
 from tests.helpers import OracleProposals, assert_same_up_to_rounding, prompt_of, rounding_bound
 
@@ -47,7 +47,7 @@ def quantized_pair(make_pair, tmp_path_factory):
 
 def check_exact(model, tokenizer, prompt, max_tokens, oracle=False):
     """DFlash (its random drafter, or the oracle proposer) against plain decoding of the same loaded model."""
-    reference = plain_generate(model.adapter, tokenizer, prompt, max_tokens).tokens
+    reference = generate(model.adapter, tokenizer, prompt, max_tokens).tokens
     acceptance = OracleProposals(reference, model.adapter.vocab_size, miss_every=5) if oracle else None
     result = dflash.generate(model, tokenizer, prompt, max_tokens, acceptance=acceptance)
     assert result.tokens == reference
@@ -98,7 +98,7 @@ def test_auto_dequantizes_on_the_cpu_backend_only_where_it_fits(quantized_pair, 
     model, _ = dflash.load(*pair)
     notice = capsys.readouterr().err.strip().splitlines()
     assert not quantized_layers(model.target)
-    assert len(notice) == 1 and "dequantized the target" in notice[0] and "--dequantize off" in notice[0]
+    assert len(notice) == 1 and "dequantized the target" in notice[0] and "dequantize off keeps it quantized" in notice[0]
 
     monkeypatch.setattr("adapters.loading.physical_memory", lambda: 1 << 20)
     model, _ = dflash.load(*pair)

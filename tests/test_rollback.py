@@ -5,7 +5,7 @@ import mlx.core as mx
 import pytest
 
 import dflash
-from dflash.generate import plain_generate, speculative_generate_step
+from dflash.generate import generate, speculative_generate_step
 from tests.helpers import OracleProposals, assert_same_up_to_rounding, prompt_of, rounding_bound
 
 
@@ -13,7 +13,7 @@ from tests.helpers import OracleProposals, assert_same_up_to_rounding, prompt_of
 def test_rollback_leaves_the_cache_of_plain_decoding(make_pair, family):
     model, tokenizer = dflash.load(*make_pair(family))
     prompt = prompt_of(11)
-    reference = plain_generate(model.adapter, tokenizer, prompt, 45).tokens
+    reference = generate(model.adapter, tokenizer, prompt, 45).tokens
     oracle = OracleProposals(reference, model.adapter.vocab_size, miss_every=4)
     spec_cache = model.adapter.make_cache()
     steps = list(speculative_generate_step(mx.array(prompt), model, max_tokens=45, acceptance=oracle,

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from adapters.routing import EXPERT, FAST
-from dflash.cli import engine_from
+from dflash.commands import engine_from
 from dflash.engine import Request
 from dflash.generate import collect
 from dflash.sampling import SamplingSettings

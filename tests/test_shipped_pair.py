@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import dflash
-from dflash.generate import plain_generate, encode_prompt
+from dflash.generate import encode_prompt, generate
 
 pytestmark = pytest.mark.slow  # decodes held-out prompts with the shipped pair
 
@@ -28,7 +28,7 @@ def test_shipped_drafter_is_exact_and_accepts_blocks_on_heldout_prompts(shipped)
     for prompt in prompts:
         ids = encode_prompt(model.adapter, tokenizer, prompt, chat=True)
         result = dflash.generate(model, tokenizer, ids, max_tokens=64)
-        plain = plain_generate(model.adapter, tokenizer, ids, 64).tokens
+        plain = generate(model.adapter, tokenizer, ids, 64).tokens
         assert result.tokens == plain, prompt
         lengths += result.stats.acceptance_lengths
     # Greedy fp32 decoding is deterministic; this drafter accepts ~3 tokens per step over the

@@ -9,7 +9,7 @@ import pytest
 
 import dflash  # noqa: F401  (OpenBLAS before mlx)
 from adapters.errors import DFlashError
-from dflash.generate import plain_generate
+from dflash.generate import generate
 from tests.helpers import make_tiny_data
 from train import data
 from train.cli import build_parser, main
@@ -52,7 +52,7 @@ def test_responses_are_the_targets_greedy_answers(tiny):
     for sequence in sequences[:3]:
         # The chat template's own text, as `dflash.generate(..., chat=True)` formats it.
         assert tokenizer.decode(sequence.prompt_ids).startswith("<|begin_of_text|><|user|>")
-        plain = plain_generate(adapter, tokenizer, sequence.prompt_ids, 40).tokens
+        plain = generate(adapter, tokenizer, sequence.prompt_ids, 40).tokens
         stopped = sequence.response_ids[-1] in stops
         assert sequence.response_ids == plain + sequence.response_ids[-1:] * stopped
 

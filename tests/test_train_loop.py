@@ -14,7 +14,7 @@ from mlx.utils import tree_flatten
 
 import dflash
 from adapters.errors import DFlashError
-from dflash.generate import encode_prompt, plain_generate
+from dflash.generate import encode_prompt, generate
 from tests.helpers import REPO, make_tiny_data, metrics, tiny_config, weights
 from dflash.model import DFlashDraftModel, DraftConfig
 from train.dflash_train import copy_target_layers, train
@@ -50,7 +50,7 @@ def test_loss_falls_and_the_drafter_decodes_losslessly(family, llama, tmp_path, 
     prompt = "Speculative decoding drafts a block"
     result = dflash.generate(model, tokenizer, prompt, max_tokens=30, chat=True)
     prompt_ids = encode_prompt(model.adapter, tokenizer, prompt, chat=True)
-    assert result.tokens == plain_generate(model.adapter, tokenizer, prompt_ids, 30).tokens
+    assert result.tokens == generate(model.adapter, tokenizer, prompt_ids, 30).tokens
 
 
 def test_sigkill_then_resume_is_bit_identical(llama, tmp_path):
@@ -114,7 +114,7 @@ def test_a_hybrid_target_regenerates_precomputes_and_trains(tmp_path):
     model, tokenizer = dflash.load(str(target), str(drafter))
     prompt_ids = encode_prompt(model.adapter, tokenizer, "Speculative decoding drafts a block", chat=True)
     result = dflash.generate(model, tokenizer, prompt_ids, max_tokens=30)
-    assert result.tokens == plain_generate(model.adapter, tokenizer, prompt_ids, 30).tokens
+    assert result.tokens == generate(model.adapter, tokenizer, prompt_ids, 30).tokens
 
 
 def test_init_from_target_starts_the_draft_layers_as_the_targets_last(llama, tmp_path):

@@ -96,7 +96,7 @@ def load_probe(path) -> Probe:
     path = Path(path)
     if not path.is_file():
         raise DFlashError(
-            f"router probe '{path}' not found (train one with dflash-train-router, or use --router guardrails)"
+            f"router probe '{path}' not found (train one with dflash-train-router, or route by the guardrails alone)"
         )
     try:
         tensors, metadata = mx.load(str(path), return_metadata=True)

@@ -14,7 +14,7 @@ import uvicorn
 
 from adapters.errors import DFlashError
 
-from ..cli import add_model_options, block_size_option, engine_from, interrupted, open_standard_streams
+from ..commands import add_model_options, block_size_option, engine_from, interrupted, open_standard_streams
 from .app import create_app
 from .protocol import model_names
 from .scheduler import Scheduler
@@ -81,8 +81,8 @@ class Server(uvicorn.Server):
 
 def make_server(args) -> Server:
     """Load the models (a DFlashError if they do not load) and build the server for `args`."""
-    engine = engine_from(args)
-    scheduler = Scheduler(engine, args.block_size)
+    engine = engine_from(args, block_size=args.block_size)
+    scheduler = Scheduler(engine)
     scheduler.start()
     app = create_app(scheduler, model_names(engine), int(args.max_body_mb * 1e6))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,

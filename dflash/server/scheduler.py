@@ -26,7 +26,6 @@ from adapters.errors import DFlashError
 from adapters.routing import EXPERT, FAST, RouteDecision
 
 from ..batch import BatchDecoder
-from ..decode import check_block_size
 from ..engine import Engine, Prepared, Request
 from ..stats import GenerationStats
 from .protocol import AUTO, APIError, client_disconnected, shutting_down
@@ -118,9 +117,8 @@ class Metrics:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, block_size: Union[int, str, None] = None):
+    def __init__(self, engine: Engine):
         self.engine = engine
-        self.block_size = block_size  # of every expert-route request; None: the pair's
         self.pending: queue.Queue = queue.Queue()
         self.active: deque = deque()
         self.metrics = Metrics()
@@ -147,11 +145,10 @@ class Scheduler:
         """Check and tokenize the job's request for each route it may take, off the worker (no
         MLX work), so that a long prompt holds up no one else's steps. A request that is bad
         whatever the route raises its error here."""
-        request = job.generation if self.block_size is None else replace(job.generation, block_size=self.block_size)
         routes = (job.request.route,) if job.request.route != AUTO else (EXPERT, FAST)
         for route in routes:
             try:
-                job.prepared[route] = self.engine.prepare(request, route)
+                job.prepared[route] = self.engine.prepare(job.generation, route)
             except (DFlashError, jinja2.TemplateError) as e:
                 job.prepared[route] = e
         if all(isinstance(prepared, Exception) for prepared in job.prepared.values()):
@@ -192,11 +189,11 @@ class Scheduler:
         try:
             # Load everything the served names use now, not in the first requests.
             self.engine.expert, self.engine.fast, self.engine.router  # noqa: B018
-            check_block_size(self.engine.expert[0], self.block_size)
+            # One block size for the whole batch, so for every request: the engine's.
+            self.batch = BatchDecoder(*self.engine.expert, block_size=self.engine.block_size)
         except BaseException as e:  # noqa: BLE001  (handed to start())
             loaded.set_exception(e)
             return
-        self.batch = BatchDecoder(*self.engine.expert, block_size=self.engine.block_size(self.block_size))
         loaded.set_result(None)
         while self.admit():
             for job in self.active:
@@ -316,8 +313,7 @@ class Scheduler:
         if job.decision.route != EXPERT:
             job.responses = self.engine.run(prepared)
             return
-        request = prepared.request
-        job.joining = (prepared.prompt_ids, prepared.max_tokens, request.seed, self.engine.acceptance(request))
+        job.joining = (prepared.prompt_ids, prepared.max_tokens, prepared.request.seed, prepared.acceptance)
 
     def fail(self, job: Job, error: APIError) -> None:
         job.push(error)
