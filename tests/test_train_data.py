@@ -3,7 +3,10 @@ cache and mid-way resume."""
 
 import importlib
 import json
+import os
+import shutil
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
@@ -114,7 +117,31 @@ def test_a_single_file_target_is_fingerprinted_by_its_file(tmp_path):
     before = data.target_fingerprint(str(weights))
     assert before != str(weights)
     weights.write_bytes(b"GGUF" + bytes(32))
-    assert data.target_fingerprint(str(weights)) != before
+    changed = data.target_fingerprint(str(weights))
+    assert changed != before
+    # The same file installed elsewhere, at another time: the same target.
+    copy = tmp_path / "elsewhere" / "model.gguf"
+    copy.parent.mkdir()
+    copy.write_bytes(weights.read_bytes())
+    os.utime(copy, ns=(0, 0))
+    assert data.target_fingerprint(str(copy)) == changed
+
+
+def test_data_made_from_moved_copies_of_its_target_and_prompts_resumes(tiny, tmp_path):
+    target, data_dir = tiny
+    meta = json.loads((data_dir / "meta.json").read_text())
+    moved_prompts = tmp_path / "moved" / Path(meta["prompts"]).name
+    moved_prompts.parent.mkdir()
+    shutil.copy(meta["prompts"], moved_prompts)
+    moved_target = shutil.copytree(target, tmp_path / "moved-target")
+    for file in Path(moved_target).iterdir():  # the same files, so the same times: only the place differs
+        shutil.copystat(Path(target) / file.name, file)
+    complete = (data_dir / "responses.jsonl").read_text()
+    regenerate(str(moved_target), str(moved_prompts), str(data_dir), max_tokens=40, batch_size=8)
+    assert (data_dir / "responses.jsonl").read_text() == complete
+    moved_prompts.write_text(moved_prompts.read_text() + json.dumps({"prompt": "one more"}) + "\n")
+    with pytest.raises(DFlashError, match="other settings .*prompts_fingerprint"):
+        regenerate(str(moved_target), str(moved_prompts), str(data_dir), max_tokens=40, batch_size=8)
 
 
 def test_every_training_setting_has_its_run_option():

@@ -50,16 +50,35 @@ def canonical(path_or_id: str) -> str:
 
 
 def target_fingerprint(path: str) -> str:
-    """Changes when the target's config or weight files change (a GGUF target is one file)."""
+    """Changes when the target's config or weight files change. A single-file (GGUF) target is
+    fingerprinted by its content, so that answers regenerated from one installed copy carry over
+    to another (a wheel's file has its install time); a directory's weights by their names, sizes
+    and times (hashing gigabytes at every rerun would cost more than the check is worth)."""
     location = Path(path).expanduser()
     if location.is_file():
-        digest, weights = hashlib.sha256(), [location]
-    elif location.is_dir():
-        digest, weights = hashlib.sha256((location / "config.json").read_bytes()), sorted(location.glob("*.safetensors"))
-    else:
+        return file_digest(location)
+    if not location.is_dir():
         return path  # a hub id names a fixed checkpoint well enough
-    for file in weights:
+    digest = hashlib.sha256((location / "config.json").read_bytes())
+    for file in sorted(location.glob("*.safetensors")):
         digest.update(f"{file.name}:{file.stat().st_size}:{file.stat().st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def prompts_fingerprint(source: str) -> str:
+    """The content of a local prompt file (or of a directory's files), else the dataset id."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        return source
+    files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path]
+    return hashlib.sha256("".join(f"{f.name}:{file_digest(f)}" for f in files).encode()).hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
     return digest.hexdigest()[:16]
 
 
@@ -124,11 +143,16 @@ def format_prompts(adapter, tokenizer, prompts: List[str], chat: bool, max_promp
     return formatted
 
 
+# Where the target and the prompts were read from, recorded but not compared: a moved or reinstalled
+# copy of the same files (their fingerprints are compared) resumes the same data.
+LOCATIONS = ("target", "prompts")
+
+
 def read_meta_or_create(directory: Path, meta: dict) -> None:
     meta_file = directory / "meta.json"
     if meta_file.exists():
         existing = json.loads(meta_file.read_text())
-        changed = sorted(k for k in set(meta) | set(existing) if meta.get(k) != existing.get(k))
+        changed = sorted(k for k in set(meta) | set(existing) if k not in LOCATIONS and meta.get(k) != existing.get(k))
         if changed:
             raise DFlashError(
                 f"{directory} was made with other settings ({', '.join(changed)}); use another output directory"
@@ -180,7 +204,7 @@ def regenerate(
     directory = Path(out)
     meta = {
         "target": canonical(target), "target_fingerprint": target_fingerprint(target),
-        "prompts": canonical(prompts_source),
+        "prompts": canonical(prompts_source), "prompts_fingerprint": prompts_fingerprint(prompts_source),
         "split": split, "prompt_field": prompt_field, "chat": chat,
         "max_prompt_tokens": max_prompt_tokens, "max_tokens": max_tokens,
         "temperature": temperature, "top_p": top_p, "seed": seed,
