@@ -15,6 +15,7 @@ forgotten like a rejected draft.
 from typing import List, Optional
 
 import mlx.core as mx
+from mlx_lm.models.cache import KVCache
 
 STEP = 256  # positions the buffer grows by
 
@@ -31,6 +32,21 @@ class RaggedKVCache:
     def empty(cls, rows: int, heads: int, head_dim: int, dtype) -> "RaggedKVCache":
         buffer = mx.zeros((rows, heads, 0, head_dim), dtype)
         return cls(rows, buffer, buffer)
+
+    @classmethod
+    def from_cache(cls, cache: KVCache) -> "RaggedKVCache":
+        """One row holding what a (prefilled) KVCache of one sequence holds."""
+        keys, values = cache.keys[..., : cache.offset, :], cache.values[..., : cache.offset, :]
+        ragged = cls(1, keys, values)
+        ragged.lengths = [cache.offset]
+        return ragged
+
+    def extract(self, row: int) -> KVCache:
+        """Row `row`'s positions as a KVCache of one sequence."""
+        cache = KVCache()
+        length = self.lengths[row]
+        cache.state = (self.keys[row : row + 1, :, :length], self.values[row : row + 1, :, :length], length)
+        return cache
 
     @property
     def offset(self) -> mx.array:

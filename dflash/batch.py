@@ -33,6 +33,7 @@ from . import decode
 from .acceptance import Acceptance, GreedyAcceptance
 from .generate import GenerationResponse, GenerationResult, Responder, collect, encode_prompt, within_window
 from .loading import DFlashModel
+from .prefix_cache import CACHE_AND_WINDOW, PrefixCache
 from .stats import GenerationStats
 
 # A prefill group's padded positions may exceed its prompts' tokens by this share.
@@ -56,6 +57,7 @@ def length_groups(lengths: List[int]) -> List[List[int]]:
 @dataclass
 class Row:
     uid: int
+    prompt: List[int]
     state: decode.DecodeState
     respond: Responder
 
@@ -65,8 +67,14 @@ class BatchDecoder:
     DecodeState and Responder) and the batch that owns their caches (dflash/decode.py)."""
 
     def __init__(self, model: DFlashModel, tokenizer, *, block_size: Union[int, str, None] = None,
-                 acceptance: Optional[Acceptance] = None, draft_window: Optional[int] = None):  # fmt: skip
+                 acceptance: Optional[Acceptance] = None, draft_window: Optional[int] = None,
+                 prefix_cache: Optional[PrefixCache] = None):  # fmt: skip
+        """`prefix_cache`: a sequence starts from the caches of its longest cached prefix, and leaves
+        its own there when it finishes (dflash/prefix_cache.py)."""
+        if prefix_cache is not None and draft_window is not None:
+            raise DFlashError(CACHE_AND_WINDOW)
         self.batch = decode.new_batch(model, block_size, draft_window, ragged=True)
+        self.prefix_cache = prefix_cache
         window = model.draft.config.sliding_window
         sliding = any(layer.self_attn.sliding_window for layer in model.draft.layers)
         if draft_window is not None and sliding and window > draft_window:
@@ -96,14 +104,33 @@ class BatchDecoder:
                   for prompt, n, seed, rule in zip(prompts, max_tokens, seeds, acceptances)]  # fmt: skip
         responders = [Responder(self.tokenizer, self.stop_tokens, n, state.stats)
                       for state, n in zip(states, max_tokens)]  # fmt: skip
+        reused = [self.prefix_cache.fetch(prompt) if self.prefix_cache else None for prompt in prompts]
+        fresh = [i for i, found in enumerate(reused) if found is None]
+        # A sequence with a cached prefix is prefilled alone, from its own caches.
+        groups = [[i] for i, found in enumerate(reused) if found is not None]
+        groups += [[fresh[j] for j in group] for group in length_groups([len(prompts[i]) for i in fresh])]
+
+        def empty_draft_cache(rows: int) -> RaggedKVCache:
+            return RaggedKVCache.empty(rows, config.num_key_value_heads, config.head_dim, DTYPES[model.dtype])
+
         prefilled = []  # the batch takes no row before every group is prefilled
-        for group in length_groups([len(prompt) for prompt in prompts]):
-            # Recurrent states (ArraysCache) batch as they are: one row of fixed-size arrays per sequence.
-            target_cache = [cache if isinstance(cache, ArraysCache) else RaggedKVCache(len(group))
-                            for cache in model.adapter.make_cache()]  # fmt: skip
-            decode.prefill_together(model, [states[i] for i in group], [prompts[i] for i in group], target_cache)
-            draft_cache = [RaggedKVCache.empty(len(group), config.num_key_value_heads, config.head_dim,
-                                               DTYPES[model.dtype]) for _ in model.draft.layers]  # fmt: skip
+        for group in groups:
+            found = reused[group[0]]
+            if found is None:
+                # Recurrent states (ArraysCache) batch as they are: one row of fixed-size arrays per sequence.
+                target_cache = [cache if isinstance(cache, ArraysCache) else RaggedKVCache(len(group))
+                                for cache in model.adapter.make_cache()]  # fmt: skip
+                draft_cache = [empty_draft_cache(len(group)) for _ in model.draft.layers]
+            else:
+                target_cache = [cache if isinstance(cache, ArraysCache) else RaggedKVCache.from_cache(cache)
+                                for cache in found.target_cache]  # fmt: skip
+                draft_cache = [RaggedKVCache.from_cache(cache) if cache.offset else empty_draft_cache(1)
+                               for cache in found.draft_cache]  # fmt: skip
+                states[group[0]].context = found.context
+                states[group[0]].stats.cached_tokens = found.length
+            skipped = found.length if found is not None else 0
+            decode.prefill_together(model, [states[i] for i in group], [prompts[i][skipped:] for i in group],
+                                    target_cache)  # fmt: skip
             prefilled.append((group, target_cache, draft_cache))
         uids = list(range(self.next_uid, self.next_uid + len(prompts)))
         self.next_uid += len(prompts)
@@ -113,7 +140,7 @@ class BatchDecoder:
                     batched.extend(new)
             else:
                 batch.target_cache, batch.draft_cache = target_cache, draft_cache
-            self.rows += [Row(uids[i], states[i], responders[i]) for i in group]
+            self.rows += [Row(uids[i], prompts[i], states[i], responders[i]) for i in group]
         return uids
 
     def first_responses(self) -> List[Tuple[int, GenerationResponse]]:
@@ -134,7 +161,12 @@ class BatchDecoder:
         return responses
 
     def remove(self, uids: set) -> None:
-        """Drop the rows `uids` from the batch and its caches."""
+        """Drop the rows `uids` from the batch and its caches, leaving their caches in the prefix
+        cache if there is one."""
+        if self.prefix_cache is not None:
+            for i, row in enumerate(self.rows):
+                if row.uid in uids:
+                    self.keep(i)
         kept = [i for i, row in enumerate(self.rows) if row.uid not in uids]
         if len(kept) == len(self.rows):
             return
@@ -144,6 +176,13 @@ class BatchDecoder:
             return
         for cache in self.batch.target_cache + self.batch.draft_cache:
             cache.filter(kept)
+
+
+    def keep(self, i: int) -> None:
+        """Store row i's caches, which hold every position it committed but the last."""
+        row, batch = self.rows[i], self.batch
+        self.prefix_cache.store(row.prompt + row.state.tokens[:-1], [cache.extract(i) for cache in batch.target_cache],
+                                [cache.extract(i) for cache in batch.draft_cache], row.state.context)  # fmt: skip
 
 
 def batch_generate(
@@ -158,15 +197,17 @@ def batch_generate(
     acceptance: Optional[Acceptance] = None,
     seeds: Optional[Sequence[Optional[int]]] = None,
     draft_window: Optional[int] = None,
+    prefix_cache: Optional[PrefixCache] = None,
 ) -> List[GenerationResult]:
     """Generate a response to every prompt (text, conversation or token ids) in one batch: one
     result per prompt, in order, each what `dflash.generate` gives that prompt alone. The block
     size (and "auto"'s choice) is the batch's, one for all rows at every step; `draft_window`
-    bounds the drafter's context as for one sequence."""
+    bounds the drafter's context and `prefix_cache` is shared as for one sequence."""
     decode.check_max_tokens(max_tokens)
     if not prompts:
         raise DFlashError("no prompts to generate from")
-    decoder = BatchDecoder(model, tokenizer, block_size=block_size, acceptance=acceptance, draft_window=draft_window)
+    decoder = BatchDecoder(model, tokenizer, block_size=block_size, acceptance=acceptance, draft_window=draft_window,
+                           prefix_cache=prefix_cache)  # fmt: skip
     prompt_ids = [encode_prompt(model.adapter, tokenizer, prompt, chat, thinking) for prompt in prompts]
     mx.reset_peak_memory()
     uids = decoder.insert(prompt_ids, [within_window(model.adapter, ids, max_tokens) for ids in prompt_ids], seeds)

@@ -4,7 +4,6 @@ and a clean exit from a closed stream, a ^C or a reader gone."""
 import argparse
 import os
 import sys
-from typing import Union
 
 from adapters.loading import DEQUANTIZE_CHOICES, DTYPE_CHOICES
 from adapters.routing import DEFAULT_THRESHOLD, ROUTERS
@@ -48,12 +47,13 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                          "when in doubt, expert)")
 
 
-def engine_from(args, block_size: Union[int, str, None] = None) -> Engine:
-    """The Engine of the model options in `args`; `block_size` for the requests that name none."""
+def engine_from(args, **settings) -> Engine:
+    """The Engine of the model options in `args`, with the Engine `settings` a command adds
+    (dflash-serve: the block size of requests that name none, the prefix cache)."""
     return Engine(args.target_model, args.draft_model, preset=args.preset, fast_model=args.fast_model,
                   router=args.router, router_probe=args.router_probe, route_threshold=args.route_threshold,
                   dtype=args.dtype, dequantize=args.dequantize, draft_bits=args.quantize_draft,
-                  block_size=block_size)  # fmt: skip
+                  **settings)  # fmt: skip
 
 
 def open_standard_streams() -> None:

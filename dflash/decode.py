@@ -24,6 +24,7 @@ from adapters.errors import DFlashError
 from .acceptance import Acceptance, GreedyAcceptance
 from .block_size import AUTO, AutoBlockSize
 from .loading import DFlashModel
+from .prefix_cache import Reused
 from .stats import GenerationStats
 
 # As mlx-lm's generate_step: the prompt but its last token is processed in chunks of this
@@ -149,16 +150,17 @@ def start(
     block_size: Union[int, str, None] = None,
     seed: Optional[int] = None,
     stats: Optional[GenerationStats] = None,
-    target_cache: Optional[list] = None,
     draft_window: Optional[int] = None,
+    reused: Optional[Reused] = None,
 ) -> Single:
-    """A fresh sequence. `target_cache`, if given, is an empty cache from `adapter.make_cache()`
-    that the request fills, as mlx-lm's prompt_cache: afterwards it holds every committed token
-    but the last. See `new_state` and `new_batch` for the rest."""
+    """A fresh sequence, with empty caches or, `reused`, those of a cached prefix of its prompt
+    (dflash/prefix_cache.py). See `new_state` and `new_batch` for the rest."""
     state = new_state(max_tokens, seed=seed, stats=stats)
     batch = new_batch(model, block_size, draft_window)
-    batch.target_cache = target_cache if target_cache is not None else model.adapter.make_cache()
-    batch.draft_cache = model.draft.make_cache(draft_window)
+    if reused is None:
+        batch.target_cache, batch.draft_cache = model.adapter.make_cache(), model.draft.make_cache(draft_window)
+    else:
+        batch.target_cache, batch.draft_cache, state.context = reused.target_cache, reused.draft_cache, reused.context
     return Single(batch, state)
 
 
@@ -172,7 +174,8 @@ def prefill(model: DFlashModel, single: Single, prompt: mx.array, acceptance: Ac
 
 def prefill_together(model: DFlashModel, states: List[DecodeState], prompts: List[List[int]], caches: list) -> None:
     """Run several prompts through the target as one batch, `caches` holding a row for each, and
-    commit each state's first token. As mlx-lm's BatchGenerator does, prompts of different lengths
+    commit each state's first token. A row's caches may hold a cached prefix already (its prompt
+    is then what follows it, and its state's context the prefix's unseen part). As mlx-lm's BatchGenerator does, prompts of different lengths
     are right-padded to the longest, the caches told so (`prepare`/`finalize`) so that the
     padding is masked and then dropped."""
     adapter, layer_ids = model.adapter, model.draft.config.target_layer_ids
@@ -200,7 +203,9 @@ def prefill_together(model: DFlashModel, states: List[DecodeState], prompts: Lis
         taps = mx.concatenate(taps + [last.taps], axis=1)  # [rows, longest + 1, n_taps * D]
         logits = adapter.lm_head(last.hidden)
         for i, (state, n) in enumerate(zip(states, lengths)):
-            state.context = mx.concatenate([taps[i : i + 1, :n], taps[i : i + 1, -1:]], axis=1)
+            # A state resumed from a cached prefix has that prefix's unseen context first.
+            earlier = [] if state.context is None else [state.context]
+            state.context = mx.concatenate(earlier + [taps[i : i + 1, :n], taps[i : i + 1, -1:]], axis=1)
             state.tokens.append(state.acceptance.first_token(logits[i, -1], state))
 
 

@@ -35,6 +35,7 @@ from .generate import (
     within_window,
 )
 from .loading import DFlashModel, load
+from .prefix_cache import PrefixCache
 from .presets import CHECKPOINTS, DEFAULT_DRAFT, DEFAULT_FAST, DEFAULT_ROUTER_PROBE, DEFAULT_TARGET, PRESETS, Preset
 from .sampling import SamplingSettings
 
@@ -126,7 +127,10 @@ class Engine:
         dequantize: str = "auto",
         draft_bits: Optional[int] = None,
         block_size: Union[int, str, None] = None,
+        prefix_cache_gb: float = 0.0,
     ):
+        """`prefix_cache_gb` > 0: the expert route's requests share a prefix cache of at most that
+        many GB (dflash/prefix_cache.py)."""
         check_threshold(route_threshold)
         self.pair = resolve_pair(target, draft, preset)
         # For requests that name none: this, else the pair's, else (None) the drafter's.
@@ -135,6 +139,7 @@ class Engine:
         self.fast_path, self.router_kind, self.router_probe = fast_model, router, router_probe
         self.route_threshold, self.dtype = route_threshold, dtype
         self.dequantize, self.draft_bits = dequantize, draft_bits
+        self.prefix_cache = PrefixCache(prefix_cache_gb) if prefix_cache_gb else None
         self._expert: Optional[Tuple[DFlashModel, object]] = None
         self._fast: Optional[FastModel] = None
         self._router: Optional[Router] = None
@@ -198,9 +203,11 @@ class Engine:
             return stream_generate(fast.adapter, fast.tokenizer, prepared.prompt_ids, prepared.max_tokens,
                                    sampling=request.sampling, seed=request.seed)  # fmt: skip
         model, tokenizer = self.expert
+        # A drafter's context window is a rotating cache, which a prefix cache cannot trim.
+        prefix_cache = self.prefix_cache if request.draft_window is None else None
         return stream_generate(model, tokenizer, prepared.prompt_ids, prepared.max_tokens,
                                block_size=prepared.block_size, acceptance=prepared.acceptance, seed=request.seed,
-                               draft_window=request.draft_window)  # fmt: skip
+                               draft_window=request.draft_window, prefix_cache=prefix_cache)  # fmt: skip
 
     def stream(self, request: Request, route: str) -> Iterator[GenerationResponse]:
         """Generate on `route` (FAST or EXPERT), one response per step."""

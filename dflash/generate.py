@@ -7,6 +7,7 @@ tokens and statistics around either, as the model they are given says.
 """
 
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Generator, Iterator, List, Optional, Union
 
@@ -19,6 +20,7 @@ from adapters.errors import DFlashError
 from . import decode
 from .acceptance import Acceptance, GreedyAcceptance, make_acceptance
 from .loading import DFlashModel
+from .prefix_cache import CACHE_AND_WINDOW, PrefixCache
 from .sampling import SamplingSettings
 from .stats import GenerationStats
 
@@ -115,18 +117,32 @@ def speculative_generate_step(
     acceptance: Optional[Acceptance] = None,
     seed: Optional[int] = None,
     stats: Optional[GenerationStats] = None,
-    prompt_cache: Optional[list] = None,
     draft_window: Optional[int] = None,
+    prefix_cache: Optional[PrefixCache] = None,
 ) -> Generator[List[int], None, None]:
     """Yield the tokens committed by each step: first the target's token after the prompt,
     then, per draft-and-verify step, the accepted proposals plus one target token.
-    Never yields more than `max_tokens` tokens in all; stop tokens are the caller's business."""
+    Never yields more than `max_tokens` tokens in all; stop tokens are the caller's business.
+    With `prefix_cache`, the request starts from the caches of its prompt's longest cached prefix
+    and leaves its own there when it ends or is closed (dflash/prefix_cache.py)."""
+    if prefix_cache is not None and draft_window is not None:
+        raise DFlashError(CACHE_AND_WINDOW)
     acceptance = acceptance or GreedyAcceptance()
+    prompt_ids = prompt.tolist()
+    reused = prefix_cache.fetch(prompt_ids) if prefix_cache is not None else None
+    skipped = reused.length if reused is not None else 0
+    if stats is not None:
+        stats.cached_tokens = skipped
     single = decode.start(model, max_tokens=max_tokens, block_size=block_size, seed=seed, stats=stats,
-                          target_cache=prompt_cache, draft_window=draft_window)  # fmt: skip
-    yield decode.prefill(model, single, prompt, acceptance)
-    while not single.finished:
-        yield single.step(model)
+                          draft_window=draft_window, reused=reused)  # fmt: skip
+    try:
+        yield decode.prefill(model, single, prompt[skipped:], acceptance)
+        while not single.finished:
+            yield single.step(model)
+    except GeneratorExit:  # the caller has what it wanted (a stop token, say): the caches are whole
+        pass
+    if prefix_cache is not None:  # the caches hold every committed position but the last
+        prefix_cache.store(prompt_ids + single.tokens[:-1], single.target_cache, single.draft_cache, single.context)
 
 
 def plain_generate_step(
@@ -187,16 +203,18 @@ class Responder:
 
 
 def stream_steps(
-    steps: Iterator[List[int]], tokenizer, stop_tokens: set, max_tokens: int, stats: GenerationStats
+    steps: Generator[List[int], None, None], tokenizer, stop_tokens: set, max_tokens: int, stats: GenerationStats
 ) -> Generator[GenerationResponse, None, None]:
-    """A response for each step's committed tokens (see `Responder`), until the request finishes."""
+    """A response for each step's committed tokens (see `Responder`), until the request finishes;
+    then `steps` is closed."""
     mx.reset_peak_memory()
     respond = Responder(tokenizer, stop_tokens, max_tokens, stats)
-    for committed in steps:
-        response = respond(committed)
-        yield response
-        if response.finish_reason is not None:
-            break
+    with closing(steps):
+        for committed in steps:
+            response = respond(committed)
+            yield response
+            if response.finish_reason is not None:
+                break
 
 
 def stream_generate(
@@ -210,6 +228,7 @@ def stream_generate(
     seed: Optional[int] = None,
     block_size: Union[int, str, None] = None,
     draft_window: Optional[int] = None,
+    prefix_cache: Optional[PrefixCache] = None,
     chat: bool = False,
     thinking: Optional[bool] = None,
 ) -> Generator[GenerationResponse, None, None]:
@@ -218,13 +237,15 @@ def stream_generate(
     speculatively (a block a step), a DecoderAdapter by plain mlx-lm decoding of its model (a token
     a step: the baseline, and the router's fast route). Greedy unless `sampling` says otherwise;
     a DFlashModel accepts with `acceptance`, else with its drafter's rule for `sampling`.
-    `block_size` ("auto": chosen every step) and `draft_window` (the drafter sees only the last
-    that many committed positions) are for a DFlashModel only."""
+    `block_size` ("auto": chosen every step), `draft_window` (the drafter sees only the last
+    that many committed positions) and `prefix_cache` (a PrefixCache shared by requests: this one
+    starts from its longest cached prefix and leaves its caches there) are for a DFlashModel only."""
     decode.check_max_tokens(max_tokens)
     speculative = isinstance(model, DFlashModel)
     adapter = model.adapter if speculative else model
-    if not speculative and (acceptance, block_size, draft_window) != (None, None, None):
-        raise DFlashError("plain decoding has no drafter: an acceptance rule, block size or draft window needs one")
+    if not speculative and (acceptance, block_size, draft_window, prefix_cache) != (None, None, None, None):
+        raise DFlashError("plain decoding has no drafter: an acceptance rule, block size, draft window or prefix "
+                          "cache needs one")  # fmt: skip
     prompt_ids = encode_prompt(adapter, tokenizer, prompt, chat, thinking)
     max_tokens = within_window(adapter, prompt_ids, max_tokens)
     stats = GenerationStats(prompt_tokens=len(prompt_ids))
@@ -233,7 +254,7 @@ def stream_generate(
             acceptance = make_acceptance(sampling or SamplingSettings(), model.acceptance_rule)
         steps = speculative_generate_step(mx.array(prompt_ids), model, max_tokens=max_tokens, block_size=block_size,
                                           acceptance=acceptance, seed=seed, stats=stats,
-                                          draft_window=draft_window)  # fmt: skip
+                                          draft_window=draft_window, prefix_cache=prefix_cache)  # fmt: skip
     else:
         steps = plain_generate_step(mx.array(prompt_ids), adapter, max_tokens=max_tokens, sampling=sampling, seed=seed)
     yield from stream_steps(steps, tokenizer, adapter.stop_tokens(tokenizer), max_tokens, stats)

@@ -48,6 +48,7 @@ class AcceptanceStats:
 @dataclass
 class GenerationStats:
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt's, those whose caches came from a prefix cache
     generated_tokens: int = 0
     acceptance_lengths: List[int] = field(default_factory=list)  # tokens committed per draft step
     block_sizes: List[int] = field(default_factory=list)  # block size of each draft step

@@ -10,7 +10,6 @@ the whole batch, prompt processing included. Every batched DFlash sequence is ch
 one-after-another DFlash output. Writes report.json, report.md and throughput.png.
 """
 
-import json
 import shlex
 import statistics
 import time
@@ -29,6 +28,7 @@ from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
 from .environment import environment
 from .options import at_least, positive_ints
+from .report import write_files
 from .suites import load_suites, suite_hash
 
 METHODS = {
@@ -104,11 +104,8 @@ def run_batch(args, argv: List[str]) -> None:
                                    suite_hash(prompts), 0),
         "rows": rows,
     }  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "report.md").write_text(markdown(report))
+    write_files(args.out, report, markdown(report))
     chart(rows, args.out / "throughput.png")
-    print(f"report: {args.out / 'report.md'}")
 
 
 def markdown(report: dict) -> str:

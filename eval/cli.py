@@ -28,6 +28,7 @@ from .bench import analyse, dflash_variants, method_name, run_benchmark
 from .environment import environment
 from .exactness import TIE_GAP
 from .options import at_least, positive_ints
+from .prefix_cache import add_prefix_cache
 from .report import build_report, number, write_report
 from .router import add_router
 from .serve_load import add_serve_load
@@ -133,7 +134,7 @@ def acceptance_rule(text: str) -> str:
     return text
 
 
-SUBCOMMANDS = [add_bench, add_router, add_serve_load, add_batch, add_steps]
+SUBCOMMANDS = [add_bench, add_router, add_serve_load, add_batch, add_steps, add_prefix_cache]
 
 
 def load_mlx_draft(path: str, tokenizer, dtype: str, dequantize: str):

@@ -58,6 +58,14 @@ def write_report(report: dict, out: Path, history: Optional[Path] = None) -> Non
         append_history(report, history)
 
 
+def write_files(out: Path, report: dict, text: str) -> None:
+    """A subcommand's report.json and its report.md `text`, in `out`; says where."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(text)
+    print(f"report: {out / 'report.md'}")
+
+
 def append_history(report: dict, history: Path) -> None:
     environment, config = report["environment"], report["config"]
     line = {

@@ -16,7 +16,6 @@ otherwise, drafting its argmax), and its selector alone on one draft's output: w
 as shares of a step (draft + verify).
 """
 
-import json
 import shlex
 import statistics
 import time
@@ -37,7 +36,7 @@ from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
 from .environment import environment
 from .options import at_least, positive_ints
-from .report import number, table
+from .report import number, table, write_files
 
 NEW_CONTEXT = 4  # context positions a step hands the drafter: about what a step commits
 
@@ -159,10 +158,7 @@ def steps(args, argv) -> None:
         "environment": environment(checkpoints, model.dtype, "", 0),
         "prompt_lengths": results,
     }  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "report.md").write_text(markdown(report))
-    print(f"report: {args.out / 'report.md'}")
+    write_files(args.out, report, markdown(report))
 
 
 def markdown(report: dict) -> str:

@@ -208,6 +208,15 @@ class DraftLog(GreedyAcceptance):
         return super().propose(draft_logits, state)
 
 
+def decode_alone(model, prompt: list, max_tokens: int, acceptance) -> tuple:
+    """Each step's committed tokens of one sequence decoded alone, and its target caches after."""
+    single = dflash.decode.start(model, max_tokens=max_tokens)
+    steps = [dflash.decode.prefill(model, single, mx.array(prompt), acceptance)]
+    while not single.finished:
+        steps.append(single.step(model))
+    return steps, single.target_cache
+
+
 def write_prompts(path: Path, count: int, seed: int = 0) -> Path:
     words = TEXT.split()
     rng = random.Random(seed)

@@ -9,8 +9,8 @@ from mlx_lm.models.cache import ArraysCache, KVCache
 
 import dflash
 from adapters import ADAPTERS
-from dflash.generate import generate, speculative_generate_step
-from tests.helpers import OracleProposals, assert_same_up_to_rounding, prompt_of, rounding_bound
+from dflash.generate import generate
+from tests.helpers import OracleProposals, assert_same_up_to_rounding, decode_alone, prompt_of, rounding_bound
 
 FAMILIES = ["qwen3_moe", "qwen3_next", "qwen3_5", "qwen3_5_moe", "gpt_oss", "gemma4_text"]
 # The fast tier keeps a hybrid (recurrent rollback) and a sliding-window MoE; the full suite runs all.
@@ -72,9 +72,7 @@ def test_rollback_leaves_the_caches_of_plain_decoding(make_pair, family):
     prompt = prompt_of(11, seed=4)
     reference = generate(model.adapter, tokenizer, prompt, 45).tokens
     oracle = OracleProposals(reference, model.adapter.vocab_size, miss_every=4)
-    spec_cache = model.adapter.make_cache()
-    steps = list(speculative_generate_step(mx.array(prompt), model, max_tokens=len(reference), acceptance=oracle,
-                                           prompt_cache=spec_cache))  # fmt: skip
+    steps, spec_cache = decode_alone(model, prompt, len(reference), oracle)
     committed = [token for step in steps for token in step]
     assert committed == reference
     assert max(len(step) for step in steps) > 2 and min(len(step) for step in steps[1:]) < 4  # accepts and rejects

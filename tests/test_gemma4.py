@@ -12,10 +12,11 @@ from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 import dflash
 from dflash.batch import BatchDecoder
-from dflash.generate import collect, generate, speculative_generate_step
+from dflash.generate import collect, generate
 from tests.helpers import (
     OracleProposals,
     assert_same_up_to_rounding,
+    decode_alone,
     draft_config,
     prompt_of,
     rounding_bound,
@@ -99,9 +100,7 @@ def test_rollback_trims_each_cache_once_to_plain_decodings(pairs, layout):
     prompt = prompt_of(2 * WINDOW + 3, seed=4)
     reference = generate(model.adapter, tokenizer, prompt, 30).tokens
     oracle = OracleProposals(reference, model.adapter.vocab_size, miss_every=4)
-    spec_cache = model.adapter.make_cache()
-    steps = list(speculative_generate_step(mx.array(prompt), model, max_tokens=len(reference), acceptance=oracle,
-                                           prompt_cache=spec_cache))  # fmt: skip
+    steps, spec_cache = decode_alone(model, prompt, len(reference), oracle)
     assert [token for step in steps for token in step] == reference
     assert max(len(step) for step in steps) > 2 and min(len(step) for step in steps[1:]) < 4
     plain_cache = model.adapter.make_cache()  # the model's own call, one token at a time

@@ -5,8 +5,8 @@ import mlx.core as mx
 import pytest
 
 import dflash
-from dflash.generate import generate, speculative_generate_step
-from tests.helpers import OracleProposals, assert_same_up_to_rounding, prompt_of, rounding_bound
+from dflash.generate import generate
+from tests.helpers import OracleProposals, assert_same_up_to_rounding, decode_alone, prompt_of, rounding_bound
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
@@ -15,9 +15,7 @@ def test_rollback_leaves_the_cache_of_plain_decoding(make_pair, family):
     prompt = prompt_of(11)
     reference = generate(model.adapter, tokenizer, prompt, 45).tokens
     oracle = OracleProposals(reference, model.adapter.vocab_size, miss_every=4)
-    spec_cache = model.adapter.make_cache()
-    steps = list(speculative_generate_step(mx.array(prompt), model, max_tokens=45, acceptance=oracle,
-                                           prompt_cache=spec_cache))
+    steps, spec_cache = decode_alone(model, prompt, 45, oracle)
     committed = [token for step in steps for token in step]
     assert committed == reference
     assert max(len(step) for step in steps) > 2  # multi-token blocks were accepted and others cut short

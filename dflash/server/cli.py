@@ -15,6 +15,7 @@ import uvicorn
 from adapters.errors import DFlashError
 
 from ..commands import add_model_options, block_size_option, engine_from, interrupted, open_standard_streams
+from ..prefix_cache import DEFAULT_GB as DEFAULT_PREFIX_CACHE_GB
 from .app import create_app
 from .protocol import model_names
 from .scheduler import Scheduler
@@ -32,11 +33,19 @@ def port_number(text: str) -> int:
     return port
 
 
-def megabytes(text: str) -> float:
+def size_above_zero(text: str, unit: str) -> float:
     size = float(text)
     if not 0 < size < float("inf"):
-        raise argparse.ArgumentTypeError(f"a size in megabytes is a number above 0, got {text}")
+        raise argparse.ArgumentTypeError(f"a size in {unit} is a number above 0, got {text}")
     return size
+
+
+def megabytes(text: str) -> float:
+    return size_above_zero(text, "megabytes")
+
+
+def gigabytes_or_off(text: str) -> float:
+    return 0.0 if float(text) == 0 else size_above_zero(text, "gigabytes (or 0: off)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--max-body-mb", type=megabytes, default=DEFAULT_MAX_BODY_MB, metavar="MB",
                         help="refuse request bodies over this many megabytes (10^6 bytes) before reading them "
                         f"(default {DEFAULT_MAX_BODY_MB})")  # fmt: skip
+    server.add_argument("--prefix-cache-gb", type=gigabytes_or_off, default=DEFAULT_PREFIX_CACHE_GB, metavar="GB",
+                        help="keep the caches of finished requests, at most this many gigabytes (10^9 bytes), so that "
+                        "a request sharing a prefix with an earlier one (the next turn of a chat, an agent's "
+                        f"system prompt) prefills only the rest (default {DEFAULT_PREFIX_CACHE_GB}; 0: off)")
     server.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     server.add_argument("--block-size", type=block_size_option,
                         help="draft block size of every request, or auto: chosen every step for the batch of requests "
@@ -81,7 +94,7 @@ class Server(uvicorn.Server):
 
 def make_server(args) -> Server:
     """Load the models (a DFlashError if they do not load) and build the server for `args`."""
-    engine = engine_from(args, block_size=args.block_size)
+    engine = engine_from(args, block_size=args.block_size, prefix_cache_gb=args.prefix_cache_gb)
     scheduler = Scheduler(engine)
     scheduler.start()
     app = create_app(scheduler, model_names(engine), int(args.max_body_mb * 1e6))

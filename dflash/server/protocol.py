@@ -123,7 +123,8 @@ def model_names(engine: Engine) -> Dict[str, str]:
 def usage(stats: GenerationStats) -> dict:
     completion = stats.generated_tokens
     return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": completion,
-            "total_tokens": stats.prompt_tokens + completion}  # fmt: skip
+            "total_tokens": stats.prompt_tokens + completion,
+            "prompt_tokens_details": {"cached_tokens": stats.cached_tokens}}  # fmt: skip
 
 
 def dflash_stats(stats: GenerationStats, decision) -> dict:

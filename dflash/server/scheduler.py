@@ -183,14 +183,17 @@ class Scheduler:
         threading.Event().wait()
 
     def status(self) -> dict:
-        return self.metrics.snapshot(self.pending.qsize(), len(self.active))
+        cache = self.engine.prefix_cache
+        return {**self.metrics.snapshot(self.pending.qsize(), len(self.active)),
+                "prefix_cache": cache.stats() if cache is not None else None}  # fmt: skip
 
     def run(self, loaded: Future) -> None:
         try:
             # Load everything the served names use now, not in the first requests.
             self.engine.expert, self.engine.fast, self.engine.router  # noqa: B018
             # One block size for the whole batch, so for every request: the engine's.
-            self.batch = BatchDecoder(*self.engine.expert, block_size=self.engine.block_size)
+            self.batch = BatchDecoder(*self.engine.expert, block_size=self.engine.block_size,
+                                      prefix_cache=self.engine.prefix_cache)  # fmt: skip
         except BaseException as e:  # noqa: BLE001  (handed to start())
             loaded.set_exception(e)
             return
