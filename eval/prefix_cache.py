@@ -48,10 +48,12 @@ def add_prefix_cache(subcommands) -> None:
 
 def system_prompt(tokenizer, length: int, texts: List[str]) -> str:
     """Instructions followed by reference text (the suite's prompts, repeated), `length` tokens in all."""
-    text = "You are a helpful assistant. Use the reference notes below when they help.\n\n" + "\n\n".join(texts)
-    while len(tokenizer.encode(text)) < length:
-        text += "\n\n" + "\n\n".join(texts)
-    return tokenizer.decode(tokenizer.encode(text)[:length])
+    pieces, tokens = ["You are a helpful assistant. Use the reference notes below when they help."], 0
+    while tokens < length:  # a piece at a time: no text much longer than needed goes to the tokenizer
+        piece = texts[(len(pieces) - 1) % len(texts)]
+        pieces.append(piece)
+        tokens += len(tokenizer.encode(piece))
+    return tokenizer.decode(tokenizer.encode("\n\n".join(pieces))[:length])
 
 
 def run_prefix_cache(args, argv: List[str]) -> None:
