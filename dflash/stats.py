@@ -5,6 +5,12 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 
+def mean_acceptance(acceptance_lengths: List[int]) -> Optional[float]:
+    """tau: the mean tokens committed per draft-and-verify step, over one request's steps or many
+    requests' together; None before any step."""
+    return sum(acceptance_lengths) / len(acceptance_lengths) if acceptance_lengths else None
+
+
 @dataclass
 class AcceptanceStats:
     """Per draft step: the proposals accepted, the proposals tested (up to and including the
@@ -61,9 +67,7 @@ class GenerationStats:
 
     @property
     def mean_acceptance(self) -> float:
-        """tau: mean tokens committed per draft-and-verify step."""
-        lengths = self.acceptance_lengths
-        return sum(lengths) / len(lengths) if lengths else 0.0
+        return mean_acceptance(self.acceptance_lengths) or 0.0
 
     @property
     def prompt_tps(self) -> float:

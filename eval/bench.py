@@ -22,7 +22,7 @@ from dflash.acceptance import make_acceptance
 from dflash.generate import collect, encode_prompt, generate, stream_steps
 from dflash.loading import DFlashModel
 from dflash.sampling import SamplingSettings
-from dflash.stats import GenerationStats
+from dflash.stats import GenerationStats, mean_acceptance
 
 from .exactness import divergence_record
 from .loops import loop_figures
@@ -261,7 +261,7 @@ def method_figures(runs: dict, name: str, indices: List[int], divergences: Optio
 
     figures["speedup"] = spread([ratio(a, b) for a, b in zip(tokens_per_second, plain_tokens_per_second)])
     lengths = [length for i in indices for length in runs[name][0][i].acceptance_lengths]
-    tau = ratio(sum(lengths), len(lengths))
+    tau = mean_acceptance(lengths)
     figures["steps"] = len(lengths)
     figures["mean_acceptance"] = tau
     figures["acceptance_histogram"] = {str(k): v for k, v in sorted(Counter(lengths).items())}
