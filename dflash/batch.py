@@ -14,9 +14,9 @@ measured here, that copy cost as much as the batched verify pass itself at 8 row
 The step itself is dflash/decode.py's, the one a single sequence takes. Each sequence keeps its
 own `DecodeState` (random key, statistics, committed tokens, rule, context) and its own
 `Responder` (stop tokens, detokenising), so its output is what it gets alone: token for token
-when greedy, in distribution when sampling. Sequences join between steps (`BatchDecoder.insert`), those
-arriving together prefilled in right-padded batches of similar lengths, and leave when they
-finish (`BatchDecoder.step`).
+when greedy, in distribution when sampling. Sequences join between steps
+(`BatchDecoder.insert`), those arriving together prefilled in right-padded batches of similar
+lengths, and leave when they finish (`BatchDecoder.step`).
 """
 
 from dataclasses import dataclass

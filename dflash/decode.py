@@ -175,9 +175,9 @@ def prefill(model: DFlashModel, single: Single, prompt: mx.array, acceptance: Ac
 def prefill_together(model: DFlashModel, states: List[DecodeState], prompts: List[List[int]], caches: list) -> None:
     """Run several prompts through the target as one batch, `caches` holding a row for each, and
     commit each state's first token. A row's caches may hold a cached prefix already (its prompt
-    is then what follows it, and its state's context the prefix's unseen part). As mlx-lm's BatchGenerator does, prompts of different lengths
-    are right-padded to the longest, the caches told so (`prepare`/`finalize`) so that the
-    padding is masked and then dropped."""
+    is then what follows it, and its state's context the prefix's unseen part). As mlx-lm's
+    BatchGenerator does, prompts of different lengths are right-padded to the longest, the caches
+    told so (`prepare`/`finalize`) so that the padding is masked and then dropped."""
     adapter, layer_ids = model.adapter, model.draft.config.target_layer_ids
     heads = [prompt[:-1] for prompt in prompts]  # all but the last token, which goes with the others' last
     lengths = [len(head) for head in heads]
