@@ -1,6 +1,7 @@
-"""Writing model directories: the layout mlx-lm and `dflash.load_draft` read, written so that a
-reader (or a run killed half-way) never sees a directory half-written."""
+"""Model files: directories written in the layout mlx-lm and `dflash.load_draft` read, so that a
+reader (or a run killed half-way) never sees one half-written; and a file's content hash."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -40,3 +41,12 @@ def write_model(directory: Path, weights: dict, config: dict) -> None:
     """model.safetensors and config.json in `directory`, as mlx-lm and `dflash.load_draft` read them."""
     mx.save_safetensors(str(directory / "model.safetensors"), weights, metadata={"format": "mlx"})
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's content, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,7 +1,6 @@
 """Where a benchmark ran: versions, device, BLAS, dtype, commit, and hashes of what it ran on."""
 
 import datetime
-import hashlib
 import importlib.metadata
 import os
 import platform
@@ -12,6 +11,7 @@ from typing import Dict, Optional
 import mlx.core as mx
 
 from dflash import blas
+from dflash.files import file_sha256
 from adapters.loading import resolve_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -71,10 +71,3 @@ def checkpoint_hashes(path_or_repo: str, role: str) -> Dict[str, str]:
         files = sorted(directory.glob("*.safetensors")) + [directory / "config.json"]
     return {file.name: file_sha256(file) for file in files if file.is_file()}
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from adapters import adapter_for
 from adapters.errors import DFlashError
+from dflash.files import file_sha256
 from dflash.generate import encode_prompt
 from adapters.loading import load_target
 
@@ -56,7 +57,7 @@ def target_fingerprint(path: str) -> str:
     and times (hashing gigabytes at every rerun would cost more than the check is worth)."""
     location = Path(path).expanduser()
     if location.is_file():
-        return file_digest(location)
+        return file_sha256(location)[:16]
     if not location.is_dir():
         return path  # a hub id names a fixed checkpoint well enough
     digest = hashlib.sha256((location / "config.json").read_bytes())
@@ -71,15 +72,7 @@ def prompts_fingerprint(source: str) -> str:
     if not path.exists():
         return source
     files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path]
-    return hashlib.sha256("".join(f"{f.name}:{file_digest(f)}" for f in files).encode()).hexdigest()[:16]
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return hashlib.sha256("".join(f"{f.name}:{file_sha256(f)[:16]}" for f in files).encode()).hexdigest()[:16]
 
 
 def load_prompts(
