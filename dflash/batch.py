@@ -33,7 +33,7 @@ from . import decode
 from .acceptance import Acceptance, GreedyAcceptance
 from .generate import GenerationResponse, GenerationResult, Responder, collect, encode_prompt, within_window
 from .loading import DFlashModel
-from .prefix_cache import CACHE_AND_WINDOW, PrefixCache
+from .prefix_cache import PrefixCache, check_drafter_window
 from .stats import GenerationStats
 
 # A prefill group's padded positions may exceed its prompts' tokens by this share.
@@ -71,8 +71,7 @@ class BatchDecoder:
                  prefix_cache: Optional[PrefixCache] = None):  # fmt: skip
         """`prefix_cache`: a sequence starts from the caches of its longest cached prefix, and leaves
         its own there when it finishes (dflash/prefix_cache.py)."""
-        if prefix_cache is not None and draft_window is not None:
-            raise DFlashError(CACHE_AND_WINDOW)
+        check_drafter_window(prefix_cache, draft_window)
         self.batch = decode.new_batch(model, block_size, draft_window, ragged=True)
         self.prefix_cache = prefix_cache
         window = model.draft.config.sliding_window

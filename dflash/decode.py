@@ -151,11 +151,12 @@ def start(
     seed: Optional[int] = None,
     stats: Optional[GenerationStats] = None,
     draft_window: Optional[int] = None,
+    acceptance: Optional[Acceptance] = None,
     reused: Optional[Reused] = None,
 ) -> Single:
     """A fresh sequence, with empty caches or, `reused`, those of a cached prefix of its prompt
     (dflash/prefix_cache.py). See `new_state` and `new_batch` for the rest."""
-    state = new_state(max_tokens, seed=seed, stats=stats)
+    state = new_state(max_tokens, seed=seed, stats=stats, acceptance=acceptance)
     batch = new_batch(model, block_size, draft_window)
     if reused is None:
         batch.target_cache, batch.draft_cache = model.adapter.make_cache(), model.draft.make_cache(draft_window)
@@ -164,10 +165,8 @@ def start(
     return Single(batch, state)
 
 
-def prefill(model: DFlashModel, single: Single, prompt: mx.array, acceptance: Acceptance) -> List[int]:
-    """Run the prompt through the target; `acceptance` is the request's rule from its first token
-    on. Returns [the first generated token]."""
-    single.state.acceptance = acceptance
+def prefill(model: DFlashModel, single: Single, prompt: mx.array) -> List[int]:
+    """Run the prompt through the target; returns [the first generated token]."""
     prefill_together(model, [single.state], [prompt.tolist()], single.target_cache)
     return single.tokens[:1]
 

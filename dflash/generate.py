@@ -18,9 +18,9 @@ from adapters import DecoderAdapter
 from adapters.errors import DFlashError
 
 from . import decode
-from .acceptance import Acceptance, GreedyAcceptance, make_acceptance
+from .acceptance import Acceptance, make_acceptance
 from .loading import DFlashModel
-from .prefix_cache import CACHE_AND_WINDOW, PrefixCache
+from .prefix_cache import PrefixCache, check_drafter_window
 from .sampling import SamplingSettings
 from .stats import GenerationStats
 
@@ -125,18 +125,16 @@ def speculative_generate_step(
     Never yields more than `max_tokens` tokens in all; stop tokens are the caller's business.
     With `prefix_cache`, the request starts from the caches of its prompt's longest cached prefix
     and leaves its own there when it ends or is closed (dflash/prefix_cache.py)."""
-    if prefix_cache is not None and draft_window is not None:
-        raise DFlashError(CACHE_AND_WINDOW)
-    acceptance = acceptance or GreedyAcceptance()
+    check_drafter_window(prefix_cache, draft_window)
     prompt_ids = prompt.tolist()
     reused = prefix_cache.fetch(prompt_ids) if prefix_cache is not None else None
     skipped = reused.length if reused is not None else 0
     if stats is not None:
         stats.cached_tokens = skipped
     single = decode.start(model, max_tokens=max_tokens, block_size=block_size, seed=seed, stats=stats,
-                          draft_window=draft_window, reused=reused)  # fmt: skip
+                          draft_window=draft_window, acceptance=acceptance, reused=reused)  # fmt: skip
     try:
-        yield decode.prefill(model, single, prompt[skipped:], acceptance)
+        yield decode.prefill(model, single, prompt[skipped:])
         while not single.finished:
             yield single.step(model)
     except GeneratorExit:  # the caller has what it wanted (a stop token, say): the caches are whole

@@ -30,7 +30,13 @@ from adapters.errors import DFlashError
 DEFAULT_GB = 1.0
 MAX_ENTRIES = 1 << 20  # entries are bounded by their bytes
 MODEL = "target"  # one cache serves one pair: the trie's model key is constant
-CACHE_AND_WINDOW = "a prefix cache cannot keep a drafter with a context window (its rotating caches do not trim)"
+
+
+def check_drafter_window(prefix_cache: Optional["PrefixCache"], draft_window: Optional[int]) -> None:
+    """A drafter with a context window keeps rotating caches, which a prefix cache cannot trim."""
+    if prefix_cache is not None and draft_window is not None:
+        raise DFlashError("a prefix cache cannot keep a drafter with a context window (its rotating caches do not "
+                          "trim)")  # fmt: skip
 
 
 class DrafterPrefix:

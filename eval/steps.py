@@ -49,7 +49,7 @@ def step_costs(model, prompt_length: int, block_size: int, draft_window, repeats
     states = {}
     for name, window in windows.items():
         states[name] = decode.start(model, max_tokens=prompt_length, block_size=block_size, draft_window=window)
-        decode.prefill(model, states[name], prompt, GreedyAcceptance())
+        decode.prefill(model, states[name], prompt)
         mx.eval(model.draft_block([0], block_size, states[name].context, states[name].draft_cache, [GreedyAcceptance()],
                                   [states[name]])[0])  # fmt: skip
     plain_cache = make_prompt_cache(model.target)

@@ -210,8 +210,8 @@ class DraftLog(GreedyAcceptance):
 
 def decode_alone(model, prompt: list, max_tokens: int, acceptance) -> tuple:
     """Each step's committed tokens of one sequence decoded alone, and its target caches after."""
-    single = dflash.decode.start(model, max_tokens=max_tokens)
-    steps = [dflash.decode.prefill(model, single, mx.array(prompt), acceptance)]
+    single = dflash.decode.start(model, max_tokens=max_tokens, acceptance=acceptance)
+    steps = [dflash.decode.prefill(model, single, mx.array(prompt))]
     while not single.finished:
         steps.append(single.step(model))
     return steps, single.target_cache

@@ -8,7 +8,7 @@ from mlx_lm.models.cache import ArraysCache
 
 import dflash
 from adapters.errors import DFlashError
-from dflash.acceptance import GreedyAcceptance, make_acceptance
+from dflash.acceptance import make_acceptance
 from dflash.batch import BatchDecoder, batch_generate, length_groups
 from dflash.generate import collect, generate
 from dflash.sampling import SamplingSettings
@@ -70,7 +70,7 @@ def test_a_ragged_commit_leaves_each_recurrent_row_where_its_single_run_would(ma
     assert recurrent
     for row, n in enumerate((7, 19, 11)):
         state = dflash.decode.start(model, max_tokens=20)
-        dflash.decode.prefill(model, state, mx.array(prompt_of(n, seed=n)), GreedyAcceptance())
+        dflash.decode.prefill(model, state, mx.array(prompt_of(n, seed=n)))
         adapter.verify(blocks[row : row + 1], state.target_cache, layer_ids).commit(kept[row])
         for i in recurrent:  # close, not equal: a batched matmul rounds differently from a single row's
             for batched, single in zip(decoder.batch.target_cache[i].cache, state.target_cache[i].cache):
@@ -95,7 +95,7 @@ def test_prompts_prefilled_together_leave_each_row_where_its_single_prefill_woul
     for uid, prompt in zip(uids, together):
         row = row_of[uid]
         state = dflash.decode.start(model, max_tokens=20)
-        dflash.decode.prefill(model, state, mx.array(prompt), GreedyAcceptance())
+        dflash.decode.prefill(model, state, mx.array(prompt))
         assert decoder.rows[row].state.tokens == state.tokens
         # close, not equal: a batched matmul rounds differently from a single row's
         bound = rounding_bound(model.adapter, len(prompt), state.context)

@@ -91,7 +91,7 @@ def test_bounded_drafter_context_keeps_greedy_exact(make_pair, capsys):
     prompt = prompt_of(50, seed=2)
     reference = generate(model.adapter, tokenizer, prompt, 40).tokens
     single = dflash.decode.start(model, max_tokens=40, draft_window=8)
-    tokens = dflash.decode.prefill(model, single, mx.array(prompt), dflash.GreedyAcceptance())
+    tokens = dflash.decode.prefill(model, single, mx.array(prompt))
     while not single.finished:
         tokens += single.step(model)
     assert tokens == reference

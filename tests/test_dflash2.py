@@ -199,7 +199,7 @@ def test_a_quantized_dflash2_drafter_stays_exact(pairs):
 def test_the_selector_proposes_for_the_argmax_rules_only(pairs):
     model, _ = dflash.load(*pairs("llama"))
     state = decode.start(model, max_tokens=20)
-    decode.prefill(model, state, mx.array([5, 17, 99, 230]), GreedyAcceptance())
+    decode.prefill(model, state, mx.array([5, 17, 99, 230]))
     cache = state.draft_cache
     hidden = model.draft(model.adapter.embed(mx.array([[state.tokens[-1]] + [2] * 7])), state.context, cache)
     for layer_cache in cache:

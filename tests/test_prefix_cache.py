@@ -121,6 +121,8 @@ def test_bad_settings_are_refused(make_pair):
             PrefixCache(size)
     with pytest.raises(DFlashError, match="a prefix cache cannot keep a drafter with a context window"):
         dflash.generate(model, tokenizer, FIRST, TOKENS, prefix_cache=PrefixCache(), draft_window=8)
+    with pytest.raises(DFlashError, match="a prefix cache cannot keep a drafter with a context window"):
+        batch_generate(model, tokenizer, [FIRST], TOKENS, prefix_cache=PrefixCache(), draft_window=8)
     with pytest.raises(DFlashError, match="plain decoding has no drafter"):
         dflash.generate(model.adapter, tokenizer, FIRST, TOKENS, prefix_cache=PrefixCache())
 
