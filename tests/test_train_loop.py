@@ -101,6 +101,22 @@ def test_precomputed_hidden_states_train_the_same(llama, tmp_path):
         precompute(str(target), str(data_dir), str(tmp_path / "bad-hidden"), 2, [1, 9], config.max_length)
 
 
+def test_the_first_sequences_precompute_and_train_alone(llama, tmp_path):
+    target, data_dir = llama
+    config = tiny_config(target, data_dir, tmp_path / "on-the-fly", max_steps=2, eval_prompts=2, sequences=10)
+    on_the_fly = train(config)
+    shards = precompute(str(target), str(data_dir), str(tmp_path / "hidden"), 2, None, config.max_length,
+                        shard_size=4, sequences=10)  # fmt: skip
+    assert len(list(shards.glob("shard_*.safetensors"))) == 3  # the sequences past the 10th are not computed
+    from_shards = train(replace(config, out=str(tmp_path / "from-shards"), hidden_states=str(shards)))
+    a, b = weights(on_the_fly), weights(from_shards)
+    assert all(mx.array_equal(a[k], b[k]).item() for k in a)
+    with pytest.raises(DFlashError, match="is missing from"):  # all sequences need shards the first 10 lack
+        train(replace(config, out=str(tmp_path / "all"), hidden_states=str(shards), sequences=None))
+    with pytest.raises(DFlashError, match="usable sequences, fewer than 10000"):
+        train(replace(config, out=str(tmp_path / "too-many"), sequences=10000))
+
+
 def test_a_hybrid_target_regenerates_precomputes_and_trains(tmp_path):
     """Qwen3.5-style target (GatedDeltaNet layers between attention layers): regeneration, hidden-state
     shards and training run as for a dense target, and the drafter decodes losslessly."""

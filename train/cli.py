@@ -77,6 +77,8 @@ def add_drafter_shape(parser):
                         help="target layers to tap, e.g. 1,9,17 (default: published rule)")  # fmt: skip
     parser.add_argument("--max-length", type=positive_int, default=DEFAULTS.max_length,
                         help="cut sequences (prompt + response) to this many tokens")  # fmt: skip
+    parser.add_argument("--sequences", type=positive_int, default=None,
+                        help="use the first N regenerated sequences (default: all)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,7 +174,7 @@ def main(argv=None) -> int:
             from .hidden_states import precompute
 
             path = precompute(args.target, args.data, args.out, args.draft_layers, args.target_layer_ids,
-                              args.max_length, args.dtype, args.shard_size)  # fmt: skip
+                              args.max_length, args.dtype, args.shard_size, args.sequences)  # fmt: skip
         else:
             from .dflash_train import train
 

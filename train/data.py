@@ -245,9 +245,10 @@ def regenerate(
     return directory
 
 
-def load_sequences(data_dir: str, max_length: Optional[int] = None) -> List[Sequence]:
-    """The regenerated sequences in index order, cut to `max_length` tokens. Sequences with
-    fewer than two response tokens (nothing to predict after an anchor) are left out."""
+def load_sequences(data_dir: str, max_length: Optional[int] = None, limit: Optional[int] = None) -> List[Sequence]:
+    """The regenerated sequences in index order, cut to `max_length` tokens; with `limit`, the
+    first `limit` of them (the data may still grow). Sequences with fewer than two response
+    tokens (nothing to predict after an anchor) are left out."""
     directory = Path(data_dir)
     if not (directory / "meta.json").exists():
         raise DFlashError(f"'{data_dir}' is not a data directory; make one with `dflash-train regenerate`")
@@ -260,4 +261,6 @@ def load_sequences(data_dir: str, max_length: Optional[int] = None) -> List[Sequ
             sequences.append(Sequence(record["index"], prompt_ids, response_ids))
     if not sequences:
         raise DFlashError(f"'{data_dir}' has no usable sequences (need responses of at least two tokens)")
-    return sequences
+    if limit is not None and len(sequences) < limit:
+        raise DFlashError(f"'{data_dir}' has {len(sequences)} usable sequences, fewer than {limit}")
+    return sequences[:limit]

@@ -62,6 +62,7 @@ class TrainConfig:
     anchors: int = 512  # per sequence, resampled every epoch
     gamma: Optional[float] = None  # default: from the block size
     max_length: int = 3072
+    sequences: Optional[int] = None  # the first N regenerated sequences (default all; the data may still grow)
     epochs: int = 6
     batch_size: int = 8  # sequences per optimizer step, over all ranks
     max_steps: Optional[int] = None  # stop early; the schedule still spans all epochs
@@ -237,7 +238,7 @@ def train(config: TrainConfig) -> Path:
     out = Path(config.out)
     config.target, config.data = canonical(config.target), canonical(config.data)
     target, tokenizer, adapter = load_training_target(config.target)
-    sequences = load_sequences(config.data, config.max_length)
+    sequences = load_sequences(config.data, config.max_length, config.sequences)
     if len(sequences) <= config.eval_prompts:
         raise DFlashError(f"{len(sequences)} sequences leave none to train on after {config.eval_prompts} held out")
     train_sequences = sequences[: len(sequences) - config.eval_prompts]
@@ -271,6 +272,8 @@ def train(config: TrainConfig) -> Path:
     settings = {**{k: asdict(config)[k] for k in TRAJECTORY_FIELDS}, "num_sequences": len(sequences)}
     if config.init_from_target:  # recorded only when on, so that runs from before the option still resume
         settings["init_from_target"] = True
+    if config.sequences is not None:  # as init_from_target
+        settings["sequences"] = config.sequences
     if config.dflash2:  # as init_from_target
         settings.update(dflash2=True, **{name: getattr(config, name) for name in DFLASH2_SETTINGS})
 

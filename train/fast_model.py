@@ -229,11 +229,7 @@ def heal(config: FastModelConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     config.target, config.data = canonical(config.target), canonical(config.data)
     target, tokenizer = load_llama_target(config.target)
-    sequences = load_sequences(config.data, config.max_length)
-    if config.sequences is not None:
-        if len(sequences) < config.sequences:
-            raise DFlashError(f"'{config.data}' has {len(sequences)} usable sequences, fewer than {config.sequences}")
-        sequences = sequences[: config.sequences]
+    sequences = load_sequences(config.data, config.max_length, config.sequences)
     train_sequences = sequences[: len(sequences) - config.eval_sequences]
     eval_sequences = sequences[len(sequences) - config.eval_sequences :]
     steps_per_epoch = len(train_sequences) // config.batch_size

@@ -36,20 +36,22 @@ def shard_meta(data_dir: str, layer_ids: List[int], max_length: int, dtype: str)
 
 
 def precompute(target: str, data_dir: str, out: str, draft_layers: int, layer_ids: Optional[List[int]],
-               max_length: int, dtype: str = "float32", shard_size: int = 64) -> Path:  # fmt: skip
-    """Hidden states of the layers `layer_ids` (default: the published rule for `draft_layers`)."""
+               max_length: int, dtype: str = "float32", shard_size: int = 64,
+               sequences: Optional[int] = None) -> Path:  # fmt: skip
+    """Hidden states of the layers `layer_ids` (default: the published rule for `draft_layers`) for
+    the first `sequences` sequences of the data (default: all)."""
     _, _, adapter = data.load_training_target(target)
     layer_ids = layer_ids or adapter.default_layer_ids(draft_layers)
     adapter.check_layer_ids(layer_ids, "target layer ids")
     directory = Path(out)
     data.read_meta_or_create(directory, shard_meta(data_dir, layer_ids, max_length, dtype))
-    sequences = data.load_sequences(data_dir, max_length)
-    for start in tqdm(range(0, len(sequences), shard_size), desc="precompute", unit="shard"):
+    to_compute = data.load_sequences(data_dir, max_length, sequences)
+    for start in tqdm(range(0, len(to_compute), shard_size), desc="precompute", unit="shard"):
         shard = directory / f"shard_{start // shard_size:05d}.safetensors"
         if shard.exists():
             continue
         tensors = {}
-        for sequence in sequences[start : start + shard_size]:
+        for sequence in to_compute[start : start + shard_size]:
             hidden = target_hidden(adapter, sequence.tokens, layer_ids)[0]
             tensors[str(sequence.index)] = np.array(hidden.astype(mx.float32)).astype(SHARD_DTYPES[dtype])
         partial = shard.with_suffix(".partial")
