@@ -19,8 +19,8 @@ Drafter settings (a pilot, issue #23): 2 layers tapping the published rule's lay
 block 8 (half the training cost per anchor of 16), the spare control token 16
 (`<|empty_output|>`) as the mask, the paper's lr 6e-4 (at 3e-3, the shipped toy drafter's, a fresh
 drafter fitting the 48 blocks of one sequence stalled at that sequence's unigram loss, 3.8 after 90
-steps, with a gradient norm of 0.04; at 3e-4 it was at 2.3 after 60 and falling), 8 sequences of 32 anchors
-a step; hidden states in float16 (SmolLM2's largest activation, about 24,900 at the first
+steps, with a gradient norm of 0.04; at 3e-4 it was at 2.3 after 60 and falling), 8 sequences of
+32 anchors a step; hidden states in float16 (SmolLM2's largest activation, about 24,900 at the first
 position, fits) for the first SEQUENCES answers only: 5.7 s a step on the 2-core CPU, where the
 hidden states of all 6,400 would take most of a session to compute.
 """
@@ -59,11 +59,11 @@ def stage_argv(stage: str, answers: str, work_dir: Path) -> list:
     if stage == "answers":
         return ["regenerate", *target, "--prompts", str(PROMPT_FILE), "--out", answers,
                 "--batch-size", str(BATCH_SIZE), "--max-tokens", str(MAX_NEW_TOKENS)]  # fmt: skip
-    hidden = ["--hidden-states" if stage == "drafter" else "--out", str(work_dir / "hidden")]
+    hidden_states = str(work_dir / "hidden")
     if stage == "hidden":
-        return ["precompute", *target, "--data", answers, *hidden, *SHAPE_ARGS, "--dtype", "float16"]
-    return ["run", *target, "--data", answers, *hidden, "--out", str(work_dir / "drafter-run"), *SHAPE_ARGS,
-            *DRAFTER_ARGS]  # fmt: skip
+        return ["precompute", *target, "--data", answers, "--out", hidden_states, *SHAPE_ARGS, "--dtype", "float16"]
+    return ["run", *target, "--data", answers, "--hidden-states", hidden_states, "--out", str(work_dir / "drafter-run"),
+            *SHAPE_ARGS, *DRAFTER_ARGS]  # fmt: skip
 
 
 def main(argv=None) -> int:
