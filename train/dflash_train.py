@@ -272,8 +272,6 @@ def train(config: TrainConfig) -> Path:
     settings = {**{k: asdict(config)[k] for k in TRAJECTORY_FIELDS}, "num_sequences": len(sequences)}
     if config.init_from_target:  # recorded only when on, so that runs from before the option still resume
         settings["init_from_target"] = True
-    if config.sequences is not None:  # as init_from_target
-        settings["sequences"] = config.sequences
     if config.dflash2:  # as init_from_target
         settings.update(dflash2=True, **{name: getattr(config, name) for name in DFLASH2_SETTINGS})
 
