@@ -5,7 +5,7 @@ and DIR/dflash2: step costs do not depend on the weights.
     uv run python benchmarks/steps-smollm2/make_drafters.py DIR
 """
 
-import sys
+import argparse
 from pathlib import Path
 
 import dflash  # noqa: F401  (first: loads OpenBLAS before mlx)
@@ -17,8 +17,11 @@ from train.data import load_training_target
 from train.dflash_train import TrainConfig, make_draft_config
 from train.offline_default.smollm2 import smollm2_gguf
 
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("out", type=Path, help="directory for the two drafters")
+out = parser.parse_args().out
 _, tokenizer, adapter = load_training_target(smollm2_gguf())
 for name, dflash2 in (("dflash", False), ("dflash2", True)):
     mx.random.seed(0)
     config = TrainConfig(target="", data="", out="", draft_layers=2, block_size=8, mask_token_id=16, dflash2=dflash2)
-    save_draft(DFlashDraftModel(make_draft_config(config, adapter, tokenizer)), Path(sys.argv[1]) / name)
+    save_draft(DFlashDraftModel(make_draft_config(config, adapter, tokenizer)), out / name)
