@@ -79,6 +79,7 @@ def test_the_chat_suite_loads_with_five_categories():
 
 def test_the_recipe_answers_the_shipped_prompts_with_the_installed_gguf_and_trains_on_them(tmp_path):
     from train.cli import build_parser
+    from train.fast_model import build_parser as build_fast_model_parser
     from train.offline_default.smollm2 import stage_argv
 
     answers, hidden, drafter = (build_parser().parse_args(stage_argv(stage, "out", tmp_path))
@@ -89,6 +90,10 @@ def test_the_recipe_answers_the_shipped_prompts_with_the_installed_gguf_and_trai
     assert hidden.data == drafter.data == "out" and drafter.hidden_states == hidden.out
     shape = ("draft_layers", "target_layer_ids", "max_length", "sequences")
     assert [getattr(hidden, k) for k in shape] == [getattr(drafter, k) for k in shape]
+    # The fast model heals on the same answers and sequences as the drafter, in a run of its own.
+    fast = build_fast_model_parser().parse_args(stage_argv("fast", "out", tmp_path))
+    assert (fast.target, fast.data, fast.sequences) == (drafter.target, "out", drafter.sequences)
+    assert fast.out not in (drafter.out, hidden.out)
 
 
 def test_the_shipped_answers_resume_under_the_recipe(monkeypatch):

