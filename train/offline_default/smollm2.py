@@ -49,7 +49,8 @@ def smollm2_gguf() -> str:
 
 
 SEQUENCES = 1536
-SHAPE_ARGS = ["--draft-layers", "2", "--max-length", "512", "--sequences", str(SEQUENCES)]
+DATA_ARGS = ["--max-length", "512", "--sequences", str(SEQUENCES)]  # what the drafters and the fast model read
+SHAPE_ARGS = ["--draft-layers", "2", *DATA_ARGS]
 DRAFTER_ARGS = [
     "--block-size", "8", "--mask-token-id", "16", "--anchors", "32", "--epochs", "7", "--batch-size", "8",
     "--eval-every", "200", "--eval-prompts", "8", "--eval-max-tokens", "128", "--save-every", "25",
@@ -63,8 +64,8 @@ DFLASH2_ARGS = ["--dflash2", "--selector-rank", "32"]
 
 # The router's fast model (and classic speculative decoding's draft): 3 layers, healed for one
 # epoch on the same sequences as the drafter.
-FAST_ARGS = ["--layers", "3", "--max-length", "512", "--sequences", str(SEQUENCES), "--epochs", "1",
-             "--batch-size", "8", "--save-every", "10", "--eval-every", "50"]  # fmt: skip
+FAST_ARGS = ["--layers", "3", *DATA_ARGS, "--epochs", "1", "--batch-size", "8",
+             "--save-every", "10", "--eval-every", "50"]  # fmt: skip
 
 
 def stage_argv(stage: str, answers: str, work_dir: Path) -> list:
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
                         help="data directory of the answers (written and resumed by the answers stage); "
                              "default: the shipped answers, train/data/smollm2")  # fmt: skip
     parser.add_argument("--work-dir", type=Path, default=Path("runs/smollm2"),
-                        help="where the hidden states and the drafter's run go")  # fmt: skip
+                        help="where the hidden states and the training runs go")  # fmt: skip
     args = parser.parse_args(argv)
     run_stage = heal_fast_model if args.stage == "fast" else dflash_train
     return run_stage(stage_argv(args.stage, args.answers, args.work_dir))
