@@ -8,12 +8,11 @@ import json
 import sys
 from dataclasses import asdict
 
-from adapters.errors import DFlashError
 from adapters.routing import FAST
 
 from . import blas
 from .acceptance import ACCEPTANCE_RULES
-from .commands import add_model_options, block_size_option, engine_from, interrupted, open_standard_streams
+from .commands import add_model_options, block_size_option, engine_from, run_command
 from .engine import ROUTE_CHOICES, Request
 from .generate import GenerationResponse, collect
 from .presets import DEFAULT_PROMPT
@@ -167,22 +166,17 @@ def summary_line(report: dict) -> str:
     return line
 
 
-def main(argv=None) -> int:
-    open_standard_streams()
-    args = build_parser().parse_args(argv)
-    try:
-        report = run(args)
-        if args.json:
-            print(json.dumps(report))
-        else:
-            print(summary_line(report), file=sys.stderr)
-    except DFlashError as e:
-        print(f"dflash-mlx: error: {e}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, BrokenPipeError) as e:
-        return interrupted("dflash-mlx", e)
+def generate_and_report(args) -> int:
+    report = run(args)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(summary_line(report), file=sys.stderr)
     return 0
 
+
+def main(argv=None) -> int:
+    return run_command("dflash-mlx", lambda: generate_and_report(build_parser().parse_args(argv)))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,10 +1,12 @@
-"""What dflash-mlx and dflash-serve share: the options that choose the models an Engine loads,
-and a clean exit from a closed stream, a ^C or a reader gone."""
+"""What the commands share: the options that choose the models an Engine loads (dflash-mlx,
+dflash-serve), and how every command ends on bad input, a closed stream, a ^C or a reader gone."""
 
 import argparse
 import os
 import sys
+from typing import Callable
 
+from adapters.errors import DFlashError
 from adapters.loading import DEQUANTIZE_CHOICES, DTYPE_CHOICES
 from adapters.routing import DEFAULT_THRESHOLD, ROUTERS
 
@@ -74,3 +76,16 @@ def interrupted(prog: str, error: BaseException) -> int:
     # Python would complain again flushing the closed pipe at exit.
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 141
+
+
+def run_command(prog: str, body: Callable[[], int], errors: tuple = (DFlashError,)) -> int:
+    """A command's exit status: `body`'s, or 2 with one line `PROG: error: ...` for the `errors`
+    it raises (bad input, a file that is missing or does not fit), or `interrupted`'s."""
+    open_standard_streams()
+    try:
+        return body()
+    except errors as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, BrokenPipeError) as e:
+        return interrupted(prog, e)

@@ -13,7 +13,6 @@ DEFAULT_ROUTER_PROBE = CHECKPOINTS / "router-probe.safetensors"
 DEFAULT_PROMPT = "Write the function `ismount` from the `ntpath` module."
 
 
-
 @dataclass(frozen=True)
 class Preset:
     target: str  # Hugging Face repo ids

@@ -19,6 +19,7 @@ from adapters.errors import DFlashError
 from adapters.loading import DEQUANTIZE_CHOICES, DTYPE_CHOICES, load_target, quantized_layers
 from dflash.acceptance import ACCEPTANCE_RULES
 from dflash.block_size import AUTO
+from dflash.commands import run_command
 from dflash.loading import DRAFT_BITS
 from dflash.sampling import SamplingSettings
 from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
@@ -222,19 +223,18 @@ def print_summary(report: dict, out: Path) -> None:
     print(f"report: {out / 'report.md'}")
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
+def run(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(prog="dflash-eval", description="dflash-mlx benchmarks")
     subcommands = parser.add_subparsers(dest="command", required=True)
     for add_subcommand in SUBCOMMANDS:
         add_subcommand(subcommands)
     args = parser.parse_args(argv)
-    try:
-        args.run(args, argv)
-    except DFlashError as e:
-        print(f"dflash-eval: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    args.run(args, argv)
+    return 0
 
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_command("dflash-eval", lambda: run(sys.argv[1:] if argv is None else list(argv)))
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

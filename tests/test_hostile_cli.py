@@ -1,6 +1,7 @@
-"""`dflash-mlx`, `dflash-serve` and `dflash-train` given bad input, interrupted or cut off: one
-line and exit status 2 for bad input (argparse's own errors included), no traceback, and clean
-exits for ^C (130), a reader gone (141), a closed stdin and a startup that fails to load."""
+"""The commands (`dflash-mlx`, `dflash-serve`, `dflash-train`, `dflash-train-router`,
+`dflash-eval`, `python -m train.fast_model`) given bad input, interrupted or cut off: one line and
+exit status 2 for bad input (argparse's own errors included), no traceback, and clean exits for ^C
+(130), a reader gone (141), a closed stdin and a startup that fails to load."""
 
 import json
 import os
@@ -19,7 +20,10 @@ from dflash.engine import Engine, Request
 from dflash.cli import main as cli_main
 from dflash.server.cli import main as serve_main
 from tests.helpers import draft_config, save_random_draft, save_target, target_config
+from eval.cli import main as eval_main
 from train.cli import main as train_main
+from train.fast_model import main as fast_model_main
+from train.router import main as router_main
 
 WINDOW = 256
 
@@ -162,3 +166,29 @@ def test_a_closed_stdin_does_not_take_the_place_of_a_model_file(pair):
     done = run(["-m", "dflash.cli", *pair, "--max-new-tokens", "3", "--json"], preexec_fn=lambda: os.close(0))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["generated_tokens"] >= 1
+
+
+# Each command, stopped in its work by a ^C or by an error it raises: the work function patched.
+COMMANDS = [
+    (train_main, "dflash-train", ["run", "--target", "t", "--data", "d", "--out", "o"], "train.dflash_train.train"),
+    (router_main, "dflash-train-router", [], "train.router.read_labeled_prompts"),
+    (fast_model_main, "python -m train.fast_model", ["--target", "t", "--data", "d", "--out", "o"],
+     "train.fast_model.heal"),  # fmt: skip
+    (eval_main, "dflash-eval", ["bench", "--target-model", "t", "--draft-model", "d"], "eval.cli.load_suites"),
+]
+
+
+@pytest.mark.parametrize("main, prog, argv, work", COMMANDS, ids=[c[1] for c in COMMANDS])
+@pytest.mark.parametrize("raised, status, line", [
+    (KeyboardInterrupt(), 130, "{prog}: interrupted"),
+    (DFlashError("no such data"), 2, "{prog}: error: no such data"),
+])  # fmt: skip
+def test_every_command_ends_on_an_error_or_an_interrupt_with_one_line(
+    capsys, monkeypatch, main, prog, argv, work, raised, status, line
+):
+    def stopped(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(work, stopped)
+    assert main(argv) == status
+    assert capsys.readouterr().err.splitlines() == [line.format(prog=prog)]

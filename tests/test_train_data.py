@@ -103,11 +103,11 @@ def test_sampled_responses(tiny, tmp_path):
 def test_bad_input_is_a_one_line_error(tiny, tmp_path, capsys):
     target, data_dir = tiny
     missing = tmp_path / "nothing"
-    assert main(["run", "--target", str(target), "--data", str(missing), "--out", str(tmp_path)]) == 1
+    assert main(["run", "--target", str(target), "--data", str(missing), "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.splitlines() == [f"dflash-train: error: '{missing}' is not a data directory; "
                                                     "make one with `dflash-train regenerate`"]  # fmt: skip
     arguments = ["run", "--target", str(target), "--data", str(data_dir), "--out", str(tmp_path), "--batch-size", "64"]
-    assert main(arguments + ["--wandb", "disabled"]) == 1
+    assert main(arguments + ["--wandb", "disabled"]) == 2
     assert "do not fill one batch of 64" in capsys.readouterr().err
 
 

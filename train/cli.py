@@ -50,7 +50,7 @@ import argparse
 import os
 import sys
 
-from dflash import DFlashError
+from dflash.commands import run_command
 
 from .dflash_train import TrainConfig
 
@@ -162,30 +162,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "regenerate":
-            from .data import regenerate
+def run(args) -> int:
+    if args.command == "regenerate":
+        from .data import regenerate
 
-            options = {k: v for k, v in vars(args).items() if k not in ("command", "target", "prompts", "out")}
-            path = regenerate(args.target, args.prompts, args.out, **options)
-        elif args.command == "precompute":
-            from .hidden_states import precompute
+        options = {k: v for k, v in vars(args).items() if k not in ("command", "target", "prompts", "out")}
+        path = regenerate(args.target, args.prompts, args.out, **options)
+    elif args.command == "precompute":
+        from .hidden_states import precompute
 
-            path = precompute(args.target, args.data, args.out, args.draft_layers, args.target_layer_ids,
-                              args.max_length, args.dtype, args.shard_size, args.sequences)  # fmt: skip
-        else:
-            from .dflash_train import train
+        path = precompute(args.target, args.data, args.out, args.draft_layers, args.target_layer_ids,
+                          args.max_length, args.dtype, args.shard_size, args.sequences)  # fmt: skip
+    else:
+        from .dflash_train import train
 
-            config = TrainConfig(**{k: v for k, v in vars(args).items() if k != "command"})
-            path = train(config)
-    except DFlashError as e:
-        print(f"dflash-train: error: {e}", file=sys.stderr)
-        return 1
+        config = TrainConfig(**{k: v for k, v in vars(args).items() if k != "command"})
+        path = train(config)
     print(f"wrote {path}")
     return 0
 
+
+def main(argv=None) -> int:
+    return run_command("dflash-train", lambda: run(build_parser().parse_args(argv)))
 
 if __name__ == "__main__":
     sys.exit(main())

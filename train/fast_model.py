@@ -38,6 +38,7 @@ from tqdm import tqdm
 from adapters.errors import DFlashError
 from adapters.loading import load_target
 from adapters.routing import load_fast_model
+from dflash.commands import run_command
 from dflash.files import atomic_directory, write_model
 
 from . import checkpoint
@@ -334,16 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        saved = heal(FastModelConfig(**vars(args)))
-    except DFlashError as e:
-        print(f"python -m train.fast_model: error: {e}", file=sys.stderr)
-        return 2
+def heal_and_report(args) -> int:
+    saved = heal(FastModelConfig(**vars(args)))
     print(f"wrote {saved} ({directory_bytes(saved) / 1e6:.1f} MB)")
     return 0
 
+
+def main(argv=None) -> int:
+    return run_command("python -m train.fast_model", lambda: heal_and_report(build_parser().parse_args(argv)))
 
 if __name__ == "__main__":
     sys.exit(main())

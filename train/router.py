@@ -33,6 +33,7 @@ from adapters.routing import (
     pooled_features,
     read_labeled_prompts,
 )
+from dflash.commands import run_command
 from dflash.presets import DEFAULT_FAST, DEFAULT_ROUTER_PROBE
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "eval" / "suites" / "routing_train.jsonl"
@@ -168,18 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        examples = read_labeled_prompts(args.data)
-        fast = load_fast_model(args.fast_model, args.dtype)
-        layer_ids = args.layers if args.layers is not None else [fast.adapter.num_layers // 2]
-        probe, summary = train_probe(
-            fast, examples, layer_ids, folds=args.folds, steps=args.steps, lr=args.lr, seed=args.seed
-        )
-    except DFlashError as e:
-        print(f"dflash-train-router: error: {e}", file=sys.stderr)
-        return 2
+def train_and_save(args) -> int:
+    examples = read_labeled_prompts(args.data)
+    fast = load_fast_model(args.fast_model, args.dtype)
+    layer_ids = args.layers if args.layers is not None else [fast.adapter.num_layers // 2]
+    probe, summary = train_probe(fast, examples, layer_ids, folds=args.folds, steps=args.steps, lr=args.lr, seed=args.seed)
     out = Path(args.out)
     summary["data"] = args.data
     probe.save(out)
@@ -191,6 +185,10 @@ def main(argv=None) -> int:
     print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0
 
+
+
+def main(argv=None) -> int:
+    return run_command("dflash-train-router", lambda: train_and_save(build_parser().parse_args(argv)))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,7 @@ import uvicorn
 
 from adapters.errors import DFlashError
 
-from ..commands import add_model_options, block_size_option, engine_from, interrupted, open_standard_streams
+from ..commands import add_model_options, block_size_option, engine_from, run_command
 from ..prefix_cache import DEFAULT_GB as DEFAULT_PREFIX_CACHE_GB
 from .app import create_app
 from .protocol import model_names
@@ -107,17 +107,9 @@ def listen(host: str, port: int) -> socket.socket:
     return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
 
 
-def main(argv=None) -> int:
-    open_standard_streams()
-    args = build_parser().parse_args(argv)
-    try:
-        listener = listen(args.host, args.port)  # before loading: a port in use fails at once
-        server = make_server(args)
-    except (DFlashError, OSError) as e:
-        print(f"dflash-serve: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as e:
-        return interrupted("dflash-serve", e)
+def serve(args) -> int:
+    listener = listen(args.host, args.port)  # before loading: a port in use fails at once
+    server = make_server(args)
     names = ", ".join(model_names(server.scheduler.engine))
     print(f"dflash-serve: serving {names} on http://{args.host}:{listener.getsockname()[1]}", file=sys.stderr,
           flush=True)  # fmt: skip
@@ -126,3 +118,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # uvicorn raises a SIGINT again once it has shut down
         pass
     return 0
+
+
+def main(argv=None) -> int:
+    return run_command("dflash-serve", lambda: serve(build_parser().parse_args(argv)), errors=(DFlashError, OSError))
