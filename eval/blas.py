@@ -43,7 +43,7 @@ def measure(target_model, repeats: int) -> dict:
     return results
 
 
-def main(argv=None) -> int:
+def run(argv) -> int:
     from dflash.presets import DEFAULT_TARGET
 
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
@@ -70,6 +70,13 @@ def main(argv=None) -> int:
               f"{row['forward_1_token_ms']:.2f} ms | {row['forward_16_tokens_ms']:.2f} ms | "
               f"{row['forward_128_tokens_ms']:.2f} ms |")
     return 0
+
+
+
+def main(argv=None) -> int:
+    from dflash.commands import run_command
+
+    return run_command("python -m eval.blas", lambda: run(argv))
 
 
 if __name__ == "__main__":

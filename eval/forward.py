@@ -22,6 +22,7 @@ from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
 
 from adapters import adapter_for
 from adapters.loading import DTYPE_CHOICES, load_target, quantized_layers
+from dflash.commands import run_command
 from dflash.presets import DEFAULT_TARGET
 
 LENGTHS = (1, 4, 8, 16)
@@ -86,7 +87,7 @@ def rollback_costs(model, block_size: int, repeats: int) -> dict:
     return costs
 
 
-def main(argv=None) -> int:
+def run(argv) -> int:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--target-model", action="append", help="repeat for several (default: the shipped one)")
     parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
@@ -119,6 +120,11 @@ def main(argv=None) -> int:
         print(f"| {path} | {adapter_for(model).family} | {costs['step_ms']:.2f} ms | {costs['full accept']:.2f}x | "
               f"{costs['half accept']:.2f}x | {costs['full reject']:.2f}x |", flush=True)
     return 0
+
+
+
+def main(argv=None) -> int:
+    return run_command("python -m eval.forward", lambda: run(argv))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""The commands (`dflash-mlx`, `dflash-serve`, `dflash-train`, `dflash-train-router`,
-`dflash-eval`, `python -m train.fast_model`) given bad input, interrupted or cut off: one line and
-exit status 2 for bad input (argparse's own errors included), no traceback, and clean exits for ^C
-(130), a reader gone (141), a closed stdin and a startup that fails to load."""
+"""The commands (`dflash-mlx`, `dflash-serve`, `dflash-train`, `dflash-train-router`, `dflash-eval`,
+`python -m train.fast_model`, `python -m eval.forward`, `python -m eval.blas`) given bad input,
+interrupted or cut off: one line and exit status 2 for bad input (argparse's own errors included),
+no traceback, and clean exits for ^C (130), a reader gone (141), a closed stdin and a startup that
+fails to load."""
 
 import json
 import os
@@ -20,7 +21,9 @@ from dflash.engine import Engine, Request
 from dflash.cli import main as cli_main
 from dflash.server.cli import main as serve_main
 from tests.helpers import draft_config, save_random_draft, save_target, target_config
+from eval.blas import main as blas_main
 from eval.cli import main as eval_main
+from eval.forward import main as forward_main
 from train.cli import main as train_main
 from train.fast_model import main as fast_model_main
 from train.router import main as router_main
@@ -175,6 +178,8 @@ COMMANDS = [
     (fast_model_main, "python -m train.fast_model", ["--target", "t", "--data", "d", "--out", "o"],
      "train.fast_model.heal"),  # fmt: skip
     (eval_main, "dflash-eval", ["bench", "--target-model", "t", "--draft-model", "d"], "eval.cli.load_suites"),
+    (forward_main, "python -m eval.forward", ["--target-model", "t"], "eval.forward.load_target"),
+    (blas_main, "python -m eval.blas", ["--child", "--target-model", "t"], "eval.blas.measure"),
 ]
 
 
