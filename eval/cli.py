@@ -25,6 +25,7 @@ from dflash.sampling import SamplingSettings
 from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
 from .batch import add_batch
+from .curves import add_curves
 from .bench import analyse, dflash_variants, method_name, run_benchmark
 from .environment import environment
 from .exactness import TIE_GAP
@@ -135,7 +136,7 @@ def acceptance_rule(text: str) -> str:
     return text
 
 
-SUBCOMMANDS = [add_bench, add_router, add_serve_load, add_batch, add_steps, add_prefix_cache]
+SUBCOMMANDS = [add_bench, add_router, add_serve_load, add_batch, add_steps, add_prefix_cache, add_curves]
 
 
 def load_mlx_draft(path: str, tokenizer, dtype: str, dequantize: str):
