@@ -36,6 +36,7 @@ from . import checkpoint
 from .blocks import anchor_rng, default_gamma, make_blocks, sample_anchors
 from .data import canonical, load_sequences, load_training_target
 from .hidden_states import HiddenStateShards, target_hidden
+from .logsumexp import cross_entropy
 from .schedule import batch_of_step, learning_rate_schedule
 
 MASK_TOKEN_NAMES = ("<|mask|>", "<|MASK|>", "<mask>", "[MASK]")
@@ -171,7 +172,7 @@ def block_loss(draft, adapter, blocks, hidden, selector_weight: float = 1.0):
     among the positions with a label, the selector loss, the selector's correct choices]."""
     out = draft(adapter.embed(blocks.tokens), hidden, block_offset=blocks.anchors, mask=blocks.mask)[:, 1:]
     logits = draft.logits(out, adapter.lm_head)
-    loss = (nn.losses.cross_entropy(logits, blocks.labels) * blocks.weights).sum()
+    loss = (cross_entropy(logits, blocks.labels) * blocks.weights).sum()
     correct = ((logits.argmax(-1) == blocks.labels) * (blocks.weights > 0)).sum()
     chose, chose_right = mx.array(0.0), mx.array(0)
     if draft.config.dflash2:
@@ -201,7 +202,7 @@ def selector_loss(selector, hidden, logits, blocks):
     predecessors = mx.concatenate([blocks.tokens[:, :1], labels[:, :-1]], axis=1)[..., None]
     scores = selector.scores(hidden, logits, candidates, predecessors)[:, :, 0]  # [N, P, k]
     gold = mx.argmax(candidates == labels[..., None], axis=-1)
-    loss = (nn.losses.cross_entropy(scores, gold) * blocks.weights).sum()
+    loss = (cross_entropy(scores, gold) * blocks.weights).sum()
     return loss, ((scores.argmax(-1) == gold) * (blocks.weights > 0)).sum()
 
 

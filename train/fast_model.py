@@ -45,6 +45,7 @@ from . import checkpoint
 from .cli import int_list, positive_int
 from .data import canonical, load_sequences
 from .dflash_train import start_wandb
+from .logsumexp import logsumexp
 from .schedule import batch_of_step, learning_rate_schedule
 
 # Settings a resumed run must share with the run it continues; the others may change.
@@ -153,7 +154,7 @@ def response_logits(model: llama.Model, tokens: mx.array, start: int) -> mx.arra
 
 
 def log_softmax(logits: mx.array) -> mx.array:
-    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    return logits - logsumexp(logits)[..., None]
 
 
 def distillation_loss(student, tokens: mx.array, start: int, teacher: mx.array):
