@@ -173,10 +173,15 @@ def load(
     """
     target_model, tokenizer = load_target(target, dtype, dequantize=dequantize)
     adapter = adapter_for(target_model)
+    return DFlashModel(target_model, adapter, load_draft_for(adapter, draft, draft_bits)), tokenizer
+
+
+def load_draft_for(adapter: DecoderAdapter, draft: str, draft_bits: Optional[int] = None) -> DFlashDraftModel:
+    """The drafter at `draft`, checked against the target behind `adapter`, in the dtype of its
+    hidden states, quantized to `draft_bits` when given."""
     draft_model = load_draft(draft)
     check_pair(adapter, draft_model.config)
-    # The drafter computes in the dtype of the target's hidden states.
     draft_model.set_dtype(DTYPES[adapter.dtype])
     if draft_bits is not None:
         quantize_draft(draft_model, draft_bits)
-    return DFlashModel(target_model, adapter, draft_model), tokenizer
+    return draft_model

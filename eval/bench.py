@@ -10,7 +10,7 @@ repeat) and `analyse` turns the runs into the figures of report.json.
 
 import statistics
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable, Dict, List, Optional, Union
 
@@ -21,6 +21,7 @@ from tqdm import tqdm
 from dflash.acceptance import make_acceptance
 from dflash.generate import collect, encode_prompt, generate, stream_steps
 from dflash.loading import DFlashModel
+from dflash.model import DFlashDraftModel
 from dflash.sampling import SamplingSettings
 from dflash.stats import GenerationStats, mean_acceptance
 
@@ -44,13 +45,16 @@ class Variant:
     block_size: Union[int, str, None] = None  # None: the drafter's
     acceptance: str = TODAYS_RULE  # the rule at temperature > 0
     draft_window: Optional[int] = None  # None: the drafter sees the whole context
+    draft_model: Optional[str] = None  # None: the bench's drafter; else the path of another one
 
     @property
     def name(self) -> str:
-        """DFLASH for today's behaviour, else e.g. "dflash b=4 argmax" or "dflash window=64"."""
+        """DFLASH for today's behaviour, else e.g. "dflash b=4 argmax", "dflash window=64" or
+        "dflash draft=PATH"."""
         parts = [f"b={self.block_size}"] if self.block_size is not None else []
         parts += [self.acceptance] if self.acceptance != TODAYS_RULE else []
         parts += [f"window={self.draft_window}"] if self.draft_window is not None else []
+        parts += [f"draft={self.draft_model}"] if self.draft_model is not None else []
         return " ".join([DFLASH] + parts)
 
 
@@ -139,17 +143,20 @@ def run_benchmark(
     warmup: int,
     chat: bool,
     variants: List[Variant] = (Variant(),),
+    compared_drafters: Optional[Dict[str, DFlashDraftModel]] = None,
     sampling: SamplingSettings = SamplingSettings(),
     mlx_draft_model=None,
     num_draft_tokens: int = 3,
 ) -> dict:
     """Every method on every prompt, `repeats` times, each sampled run of a prompt and repeat from
-    the same seed. Returns the prompts' token ids and runs[method][repeat][prompt index]."""
+    the same seed; a variant with a `draft_model` runs `model`'s target with that drafter, from
+    `compared_drafters`. Returns the prompts' token ids and runs[method][repeat][prompt index]."""
     methods: Dict[str, Callable[..., Run]] = {
         PLAIN: partial(run_plain, model, tokenizer, max_tokens=max_tokens, sampling=sampling),
     }
     for variant in variants:
-        methods[variant.name] = partial(run_dflash, model, tokenizer, max_tokens=max_tokens, variant=variant,
+        drafted = model if variant.draft_model is None else replace(model, draft=compared_drafters[variant.draft_model])
+        methods[variant.name] = partial(run_dflash, drafted, tokenizer, max_tokens=max_tokens, variant=variant,
                                         sampling=sampling)  # fmt: skip
     if mlx_draft_model is not None:
         mlx_speculative = partial(run_mlx_speculative, model, tokenizer, mlx_draft_model, max_tokens=max_tokens,

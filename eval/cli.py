@@ -20,13 +20,13 @@ from adapters.loading import DEQUANTIZE_CHOICES, DTYPE_CHOICES, load_target, qua
 from dflash.acceptance import ACCEPTANCE_RULES
 from dflash.block_size import AUTO
 from dflash.commands import run_command
-from dflash.loading import DRAFT_BITS
+from dflash.loading import DRAFT_BITS, load_draft_for
 from dflash.sampling import SamplingSettings
 from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
 from .batch import add_batch
 from .curves import add_curves
-from .bench import analyse, dflash_variants, method_name, run_benchmark
+from .bench import Variant, analyse, dflash_variants, method_name, run_benchmark
 from .environment import environment
 from .exactness import TIE_GAP
 from .options import at_least, positive_ints
@@ -55,6 +55,11 @@ def add_bench(subcommands) -> None:
         default=str(DEFAULT_DRAFT),
         help="DFlash drafter: directory or hub id (default: the shipped one)",
     )
+    parser.add_argument(
+        "--compare-draft-model", action="append", default=[], metavar="PATH",
+        help="another DFlash drafter of the same target, run beside --draft-model as a method of its own with the "
+        "drafter's settings (its name: 'dflash draft=PATH'); repeat for several",
+    )  # fmt: skip
     parser.add_argument(
         "--mlx-draft-model", help="small mlx-lm model sharing the target's tokenizer, for mlx-lm's speculative decoding"
     )
@@ -167,6 +172,8 @@ def bench(args, argv: List[str]) -> None:
         mlx_draft_model = load_mlx_draft(args.mlx_draft_model, tokenizer, model.dtype, args.dequantize)
     tie_gap = args.tie_gap if args.tie_gap is not None else TIE_GAP[model.dtype]
     variants = dflash_variants(args.block_size, args.acceptance, model.block_size, sampling.greedy, args.draft_window)
+    compared = {path: load_draft_for(model.adapter, path, args.quantize_draft) for path in args.compare_draft_model}
+    variants += [Variant(draft_model=path) for path in compared]
     checkpoints = {"target": args.target_model, "draft": args.draft_model, "mlx_draft": args.mlx_draft_model}
     env = environment(checkpoints, model.dtype, suite_hash(prompts), args.seed)
 
@@ -179,6 +186,7 @@ def bench(args, argv: List[str]) -> None:
         warmup=args.warmup,
         chat=args.chat,
         variants=variants,
+        compared_drafters=compared,
         sampling=sampling,
         mlx_draft_model=mlx_draft_model,
         num_draft_tokens=args.num_draft_tokens,
@@ -188,6 +196,7 @@ def bench(args, argv: List[str]) -> None:
         "target": args.target_model,
         "draft": args.draft_model,
         "mlx_draft": args.mlx_draft_model,
+        "compared_drafts": args.compare_draft_model,
         "suites": suites,
         "limit": args.limit,
         "max_tokens": args.max_tokens,

@@ -25,6 +25,9 @@ from .options import at_least
 from .report import number, table
 
 
+STEP_FIELDS = {"step", "loss", "accuracy", "step_time"}  # what every line of a run's metrics has
+
+
 def add_curves(subcommands) -> None:
     parser = subcommands.add_parser("curves", help="drafter training runs side by side: tau, loss, accuracy, step time",
                                     description=__doc__.strip().splitlines()[0])  # fmt: skip
@@ -47,8 +50,8 @@ def read_metrics(run: Path) -> List[dict]:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             raise DFlashError(f"{path}, line {line_number}: not a JSON record") from None
-    if not records or not all(isinstance(r, dict) and {"step", "loss", "accuracy", "step_time"} <= r.keys() for r in records):
-        raise DFlashError(f"{path}: not the metrics of `dflash-train run` (records of step, loss, accuracy, step_time)")
+    if not records or not all(isinstance(r, dict) and STEP_FIELDS <= r.keys() for r in records):
+        raise DFlashError(f"{path}: not the metrics of `dflash-train run` (records of {', '.join(sorted(STEP_FIELDS))})")
     return records
 
 
@@ -128,7 +131,9 @@ def chart(runs: Dict[str, List[dict]], window: int, path: Path) -> None:
 def run_curves(args, argv: List[str]) -> None:
     names = args.names or [run.name for run in args.runs]
     if len(names) != len(args.runs) or len(set(names)) != len(names):
-        raise DFlashError(f"--names gives {len(names)} labels for {len(args.runs)} runs: give each run a label of its own")
+        raise DFlashError(
+            f"--names gives {len(names)} labels for {len(args.runs)} runs: give each run a label of its own"
+        )
     runs = {name: read_metrics(run) for name, run in zip(names, args.runs)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.md").write_text(markdown(runs, args.window, shlex.join(["dflash-eval"] + argv)))

@@ -120,3 +120,22 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("eval.cli.DEFAULT_TARGET", tmp_path / "not-shipped-yet")
     assert main(["bench"]) == 2
     assert "pass --target-model and --draft-model" in capsys.readouterr().err
+
+
+def test_another_drafter_runs_beside_the_first(tmp_path, make_pair):
+    target, draft = make_pair(block_size=4)
+    _, other = make_pair(block_size=2)  # the same target config: a drafter of block 2 for it
+    suite = tmp_path / "mini.jsonl"
+    suite.write_text('{"prompt": "def add(a, b):"}\n')
+    out = tmp_path / "report"
+    assert main(["bench", "--target-model", target, "--draft-model", draft, "--compare-draft-model", other,
+                 "--suite", str(suite), "--max-tokens", "6", "--repeats", "1", "--no-chat", "--out", str(out)]) == 0  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    compared = f"dflash draft={other}"
+    assert set(report["methods"]) == {"plain", "dflash", compared}
+    # each ran its own drafter (its own block size; shorter blocks only near the end), both exactly as plain decoding
+    assert max(map(int, report["methods"]["dflash"]["block_size_histogram"])) == 4
+    assert max(map(int, report["methods"][compared]["block_size_histogram"])) == 2
+    assert report["methods"][compared]["exact_match_rate"] == report["methods"]["dflash"]["exact_match_rate"] == 1.0
+    assert set(report["methods"][compared]["gains"]) == {"dflash"}
+    assert report["config"]["compared_drafts"] == [other]

@@ -173,7 +173,9 @@ def train_and_save(args) -> int:
     examples = read_labeled_prompts(args.data)
     fast = load_fast_model(args.fast_model, args.dtype)
     layer_ids = args.layers if args.layers is not None else [fast.adapter.num_layers // 2]
-    probe, summary = train_probe(fast, examples, layer_ids, folds=args.folds, steps=args.steps, lr=args.lr, seed=args.seed)
+    probe, summary = train_probe(
+        fast, examples, layer_ids, folds=args.folds, steps=args.steps, lr=args.lr, seed=args.seed
+    )
     out = Path(args.out)
     summary["data"] = args.data
     probe.save(out)
