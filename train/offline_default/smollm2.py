@@ -23,8 +23,9 @@ block 8 (half the training cost per anchor of 16), the spare control token 16
 drafter fitting the 48 blocks of one sequence stalled at that sequence's unigram loss, 3.8 after 90
 steps, with a gradient norm of 0.04; at 3e-4 it was at 2.3 after 60 and falling), 8 sequences of
 32 anchors a step; hidden states in float16 (SmolLM2's largest activation, about 24,900 at the first
-position, fits) for the first SEQUENCES answers only: 5.7 s a step on the 2-core CPU, where the
-hidden states of all 6,400 would take most of a session to compute.
+position, fits) for the first SEQUENCES answers only: 3.6 s a step on the 2-core CPU (5.7 s before
+the losses' softmax went through numpy, train/logsumexp.py), where the hidden states of all 6,400
+would take most of a session to compute.
 """
 
 import argparse
