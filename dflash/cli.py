@@ -178,5 +178,6 @@ def generate_and_report(args) -> int:
 def main(argv=None) -> int:
     return run_command("dflash-mlx", lambda: generate_and_report(build_parser().parse_args(argv)))
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -72,7 +72,6 @@ def run(argv) -> int:
     return 0
 
 
-
 def main(argv=None) -> int:
     from dflash.commands import run_command
 

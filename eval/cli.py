@@ -21,12 +21,12 @@ from dflash.acceptance import ACCEPTANCE_RULES
 from dflash.block_size import AUTO
 from dflash.commands import run_command
 from dflash.loading import DRAFT_BITS, load_draft_for
-from dflash.sampling import SamplingSettings
 from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
+from dflash.sampling import SamplingSettings
 
 from .batch import add_batch
-from .curves import add_curves
 from .bench import Variant, analyse, dflash_variants, method_name, run_benchmark
+from .curves import add_curves
 from .environment import environment
 from .exactness import TIE_GAP
 from .options import at_least, positive_ints
@@ -245,6 +245,7 @@ def run(argv: List[str]) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     return run_command("dflash-eval", lambda: run(sys.argv[1:] if argv is None else list(argv)))
+
 
 if __name__ == "__main__":
     sys.exit(main())

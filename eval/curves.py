@@ -24,7 +24,6 @@ from adapters.errors import DFlashError
 from .options import at_least
 from .report import number, table
 
-
 STEP_FIELDS = {"step", "loss", "accuracy", "step_time"}  # what every line of a run's metrics has
 
 

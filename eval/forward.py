@@ -122,7 +122,6 @@ def run(argv) -> int:
     return 0
 
 
-
 def main(argv=None) -> int:
     return run_command("python -m eval.forward", lambda: run(argv))
 

@@ -17,13 +17,13 @@ from adapters.errors import DFlashError
 from adapters.routing import EXPERT
 from dflash import generate, load
 from dflash.cli import build_parser
-from dflash.engine import Engine, Request
 from dflash.cli import main as cli_main
+from dflash.engine import Engine, Request
 from dflash.server.cli import main as serve_main
-from tests.helpers import draft_config, save_random_draft, save_target, target_config
 from eval.blas import main as blas_main
 from eval.cli import main as eval_main
 from eval.forward import main as forward_main
+from tests.helpers import draft_config, save_random_draft, save_target, target_config
 from train.cli import main as train_main
 from train.fast_model import main as fast_model_main
 from train.router import main as router_main

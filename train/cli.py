@@ -185,5 +185,6 @@ def run(args) -> int:
 def main(argv=None) -> int:
     return run_command("dflash-train", lambda: run(build_parser().parse_args(argv)))
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -315,7 +315,6 @@ def prefixed(prefix: str, values: dict) -> dict:
     return {f"{prefix}_{k}": v for k, v in values.items()}
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.fast_model", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -344,6 +343,7 @@ def heal_and_report(args) -> int:
 
 def main(argv=None) -> int:
     return run_command("python -m train.fast_model", lambda: heal_and_report(build_parser().parse_args(argv)))
+
 
 if __name__ == "__main__":
     sys.exit(main())

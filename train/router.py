@@ -188,9 +188,9 @@ def train_and_save(args) -> int:
     return 0
 
 
-
 def main(argv=None) -> int:
     return run_command("dflash-train-router", lambda: train_and_save(build_parser().parse_args(argv)))
+
 
 if __name__ == "__main__":
     sys.exit(main())
