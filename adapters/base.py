@@ -33,6 +33,7 @@ from mlx_lm.models.base import create_attention_mask, create_ssm_mask
 from mlx_lm.models.cache import ArraysCache, KVCache, QuantizedKVCache, RotatingKVCache, make_prompt_cache
 
 from .errors import DFlashError
+from .loading import DTYPES
 
 
 def default_target_layer_ids(num_target_layers: int, num_draft_layers: int) -> List[int]:
@@ -104,12 +105,27 @@ class DecoderAdapter:
     def embed(self, tokens: mx.array) -> mx.array:
         return self.decoder.embed_tokens(tokens)
 
-    def lm_head(self, hidden: mx.array) -> mx.array:
+    def lm_head(self, hidden: mx.array, rows: Optional[mx.array] = None) -> mx.array:
         """Logits from final-normed hidden states, exactly as the model's own __call__ does: its
-        LM head, or the tied embedding where it has none."""
+        LM head, or the tied embedding where it has none. With `rows` (`head_rows` of some
+        tokens), the logits of those tokens alone."""
+        if rows is not None:
+            return hidden @ rows.T
         if hasattr(self.text_model, "lm_head"):
             return self.text_model.lm_head(hidden)
         return self.decoder.embed_tokens.as_linear(hidden)
+
+    def head_rows(self, tokens: mx.array) -> mx.array:
+        """The LM head's weight rows of `tokens` [K] (the tied embedding's where there is no head),
+        dequantized, in the hidden states' dtype: [K, D]."""
+        head = self.text_model.lm_head if hasattr(self.text_model, "lm_head") else self.decoder.embed_tokens
+        if not isinstance(head, (nn.Linear, nn.QuantizedLinear, nn.Embedding, nn.QuantizedEmbedding)):
+            raise DFlashError(f"the {self.family} target's LM head ({type(head).__name__}) has no rows to restrict")
+        rows = head.weight[tokens]
+        if hasattr(head, "scales"):
+            biases = head.biases[tokens] if getattr(head, "biases", None) is not None else None
+            rows = mx.dequantize(rows, head.scales[tokens], biases, head.group_size, head.bits, mode=head.mode)
+        return rows.astype(DTYPES[self.dtype])
 
     def mask(self, h: mx.array, cache, window) -> object:
         """The mask the layer of `cache` needs for the pass over `h`."""

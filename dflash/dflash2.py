@@ -80,13 +80,12 @@ class CandidateSelector(nn.Module):
         """The top-k candidate tokens [N, P, k] of logits [N, P, V] (in no particular order)."""
         return mx.argpartition(-logits, self.top_k - 1, axis=-1)[..., : self.top_k]
 
-    def scores(self, hidden: mx.array, logits: mx.array, candidates: mx.array, predecessors: mx.array) -> mx.array:
+    def scores(self, hidden: mx.array, unary: mx.array, candidates: mx.array, predecessors: mx.array) -> mx.array:
         """S [N, P, m, k]: S[n, t, i, j] scores candidate j of position t [N, P, k] after
-        predecessor i [N, P, m], all pairs at once; hidden [N, P, D] and logits [N, P, V] are the
-        drafter's at the positions."""
+        predecessor i [N, P, m], all pairs at once; hidden [N, P, D] is the drafter's output at the
+        positions, unary [N, P, k] its logits of the candidates."""
         left = self.predecessor_codebook[predecessors] * self.hidden_projection(hidden)[:, :, None]  # [N, P, m, r]
         right = self.successor_codebook[candidates]  # [N, P, k, r]
-        unary = mx.take_along_axis(logits, candidates, axis=-1)  # [N, P, k]
         return unary[:, :, None, :] + left @ right.swapaxes(-1, -2)
 
     def __call__(self, hidden: mx.array, logits: mx.array, anchors: mx.array) -> mx.array:
@@ -97,7 +96,7 @@ class CandidateSelector(nn.Module):
         predecessors = mx.concatenate(
             [mx.broadcast_to(anchors[:, None, None], candidates[:, :1].shape), candidates[:, :-1]], axis=1
         )
-        scores = self.scores(hidden, logits, candidates, predecessors)
+        scores = self.scores(hidden, mx.take_along_axis(logits, candidates, axis=-1), candidates, predecessors)
         rows = mx.arange(candidates.shape[0])
         choice = mx.argmax(scores[:, 0, 0], axis=-1)
         path = [candidates[rows, 0, choice]]

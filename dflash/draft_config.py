@@ -20,6 +20,7 @@ FIELD_KINDS = {
     "target_layer_ids": "ints", "mask_token_id": "int", "output_multiplier": "number",
     "final_logit_softcapping": "number", "input_embedding_scale": "number",
     "conv_kernel_size": "size", "conv_group_size": "size", "selector_rank": "size", "selector_top_k": "size",
+    "draft_vocab_size": "size",
 }  # fmt: skip
 NULLABLE = {"head_dim", "rope_scaling", "rope_parameters", "layer_types", "sliding_window", "is_causal",
             "final_logit_softcapping"}  # fmt: skip
@@ -27,7 +28,8 @@ KIND_NAMES = {"size": "a positive integer", "int": "an integer", "number": "a nu
               "dict": "an object", "ints": "a list of integers", "strings": "a list of strings"}  # fmt: skip
 # Fields read from `dflash_config` (first) or the top level.
 DFLASH_FIELDS = ("target_layer_ids", "mask_token_id", "block_size", "output_multiplier", "final_logit_softcapping",
-                 "input_embedding_scale", "conv_kernel_size", "conv_group_size", "selector_rank", "selector_top_k")
+                 "input_embedding_scale", "conv_kernel_size", "conv_group_size", "selector_rank", "selector_top_k",
+                 "draft_vocab_size")
 DFLASH2_FIELDS = ("conv_kernel_size", "conv_group_size", "selector_rank", "selector_top_k")
 # Read for DFlash 2 drafters only: a DFlash config that copies its target's fields (a top-level
 # final_logit_softcapping) keeps its drafter's logits as they were.
@@ -92,6 +94,9 @@ class DraftConfig:
     conv_group_size: Optional[int] = None
     selector_rank: Optional[int] = None
     selector_top_k: Optional[int] = None
+    # Our extension (not in published checkpoints): the drafter proposes only these many tokens of
+    # the target's vocabulary, the ids in its `draft_vocab` weight (see DFlashDraftModel.logits).
+    draft_vocab_size: Optional[int] = None
     extra: dict = field(default_factory=dict)  # other config.json keys, written back unchanged
 
     def __post_init__(self):
@@ -111,8 +116,11 @@ class DraftConfig:
             raise ValueError(f"a DFlash 2 drafter needs {', '.join(missing)} too")
         if self.dflash2 and self.hidden_size % self.conv_group_size:
             raise ValueError(f"conv_group_size {self.conv_group_size} does not divide hidden_size {self.hidden_size}")
-        if self.dflash2 and self.selector_top_k > self.vocab_size:
-            raise ValueError(f"selector_top_k {self.selector_top_k} exceeds the vocabulary {self.vocab_size}")
+        if self.draft_vocab_size is not None and self.draft_vocab_size > self.vocab_size:
+            raise ValueError(f"draft_vocab_size {self.draft_vocab_size} exceeds the vocabulary {self.vocab_size}")
+        proposable = self.draft_vocab_size or self.vocab_size
+        if self.dflash2 and self.selector_top_k > proposable:
+            raise ValueError(f"selector_top_k {self.selector_top_k} exceeds the vocabulary {proposable}")
 
     @property
     def dflash2(self) -> bool:
@@ -187,4 +195,5 @@ class DraftConfig:
 
 # Fields written only where they differ from these (DFlash checkpoints never had them).
 OMITTED_AT = {"rope_parameters": None, "output_multiplier": 1.0, "final_logit_softcapping": None,
-              "input_embedding_scale": 1.0, **{name: None for name in DFLASH2_FIELDS}}  # fmt: skip
+              "input_embedding_scale": 1.0, "draft_vocab_size": None,
+              **{name: None for name in DFLASH2_FIELDS}}  # fmt: skip

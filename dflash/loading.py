@@ -4,6 +4,7 @@ target, saving drafters, and checking that a drafter fits its target."""
 import glob
 import json
 from dataclasses import dataclass
+from functools import cached_property, partial
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -46,6 +47,16 @@ class DFlashModel:
         """The compute dtype (the drafter is cast to the dtype of the target's hidden states)."""
         return self.adapter.dtype
 
+    @cached_property
+    def draft_head(self):
+        """The LM head the drafter's output goes through: the target's, restricted to the rows of
+        the drafter's vocabulary where it has one (taken once: the target's head is frozen)."""
+        if not self.draft.config.draft_vocab_size:
+            return self.adapter.lm_head
+        rows = self.adapter.head_rows(self.draft.draft_vocab)
+        mx.eval(rows)
+        return partial(self.adapter.lm_head, rows=rows)
+
     @property
     def acceptance_rule(self) -> str:
         """The rule at temperature > 0 when a request names none: argmax for a DFlash 2 drafter,
@@ -66,7 +77,7 @@ class DFlashModel:
         tokens = [[last] + [self.draft.config.mask_token_id] * (block_size - 1) for last in lasts]
         batched = () if block_offset is None else (block_offset, mask)
         hidden = self.draft(self.adapter.embed(mx.array(tokens)), context, cache, *batched)[:, 1:]
-        logits, path = self.draft.finish_block(hidden, self.adapter.lm_head, mx.array(lasts))
+        logits, path = self.draft.finish_block(hidden, self.draft_head, mx.array(lasts))
         proposals = []
         for i, (rule, state, size) in enumerate(zip(acceptances, states, sizes)):
             if path is not None and type(rule).propose in PROPOSES_THE_ARGMAX:
@@ -107,14 +118,24 @@ def load_draft(path_or_repo: str) -> DFlashDraftModel:
         reason = " ".join(str(e).split())  # mlx lists the names on lines of their own
         raise DFlashError(f"drafter weights in {directory} do not match its config.json: {reason}") from None
     mx.eval(draft.parameters())
+    if config.draft_vocab_size:
+        check_draft_vocab(draft.draft_vocab, config.vocab_size, directory)
     return draft
+
+
+def check_draft_vocab(draft_vocab: mx.array, vocab_size: int, directory: Path) -> None:
+    """Raise a DFlashError unless the draft vocabulary is ascending token ids of the vocabulary."""
+    ids = draft_vocab.tolist()
+    ascending = all(a < b for a, b in zip(ids, ids[1:]))
+    if draft_vocab.dtype != mx.int32 or not ascending or ids[0] < 0 or ids[-1] >= vocab_size:
+        raise DFlashError(f"drafter draft_vocab in {directory} is not ascending int32 token ids below {vocab_size}")
 
 
 def save_draft(draft: DFlashDraftModel, directory, dtype: Optional[mx.Dtype] = None) -> None:
     """Write config.json + model.safetensors in the published format, atomically."""
     weights = dict(tree_flatten(draft.parameters()))
     if dtype is not None:
-        weights = {k: v.astype(dtype) for k, v in weights.items()}
+        weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
     with atomic_directory(directory) as partial:
         write_model(partial, weights, draft.config.to_dict())
 

@@ -18,6 +18,12 @@ Checkpoints: a directory with `config.json` (the Qwen3 fields plus `block_size`,
 (`fc.weight`, `hidden_norm.weight`, `norm.weight`, `layers.i.*`), the format of the published
 drafters. DFlash 2 drafters (dflash/dflash2.py) add dynamic convolutions to every layer and a path
 selector; their config.json is parsed and written by dflash/draft_config.py.
+
+A drafter may carry a draft vocabulary (our extension, `draft_vocab_size` in `dflash_config` and
+the ascending token ids in a `draft_vocab` weight): its logits are computed for those tokens alone
+(the rows of the target's LM head, DFlashModel.draft_head) and it never proposes another. Training
+and drafting then skip most of a large vocabulary's LM head; the target's verification keeps the
+output exact whatever is proposed.
 """
 
 from typing import Optional
@@ -155,6 +161,9 @@ class DFlashDraftModel(nn.Module):
             self.candidate_selector = CandidateSelector(
                 config.hidden_size, config.vocab_size, config.selector_rank, config.selector_top_k
             )
+        if config.draft_vocab_size:
+            self.draft_vocab = mx.arange(config.draft_vocab_size, dtype=mx.int32)  # a buffer: loaded, not trained
+            self.freeze(keys=["draft_vocab"], recurse=False)
 
     def make_cache(self, context_window: Optional[int] = None) -> list:
         """One KV cache per layer. With `context_window`, the full-attention layers keep only the
@@ -179,13 +188,25 @@ class DFlashDraftModel(nn.Module):
             h = layer(h, context, cache[i] if cache is not None else None, block_offset, mask)
         return self.norm(h)
 
-    def finish_block(self, hidden: mx.array, lm_head, anchors: mx.array):
+    def finish_block(self, hidden: mx.array, head, anchors: mx.array):
         """(logits [N, P, V], path [N, P] or None) from the drafter's output at block positions 1..P
-        [N, P, D]: the target's `lm_head` scaled as the config says, and a DFlash 2 drafter's
-        selector path after the blocks' given tokens `anchors` [N]."""
-        logits = self.logits(hidden, lm_head)
+        [N, P, D] (`head`: see `logits`), and a DFlash 2 drafter's selector path after the blocks'
+        given tokens `anchors` [N]."""
+        logits = self.logits(hidden, head)
         return logits, self.candidate_selector(hidden, logits, anchors) if self.config.dflash2 else None
 
-    def logits(self, hidden: mx.array, lm_head) -> mx.array:
-        """The drafter's logits: the target's `lm_head` on its output, scaled as the config says."""
-        return scale_logits(lm_head(hidden), self.config.output_multiplier, self.config.final_logit_softcapping)
+    def logits(self, hidden: mx.array, head) -> mx.array:
+        """The drafter's logits over the target's whole vocabulary [..., V]: -inf outside its draft
+        vocabulary, where it has one."""
+        logits = self.vocab_logits(hidden, head)
+        if not self.config.draft_vocab_size:
+            return logits
+        full = mx.full((*logits.shape[:-1], self.config.vocab_size), -mx.inf, dtype=logits.dtype)
+        full[..., self.draft_vocab] = logits
+        return full
+
+    def vocab_logits(self, hidden: mx.array, head) -> mx.array:
+        """The logits of the drafter's vocabulary [..., K] (the target's whole one where it has no
+        draft vocabulary): `head` (DFlashModel.draft_head: the target's LM head, restricted to the
+        draft vocabulary's rows) on its output, scaled as the config says."""
+        return scale_logits(head(hidden), self.config.output_multiplier, self.config.final_logit_softcapping)

@@ -106,7 +106,7 @@ def selector_sample(model: DFlashModel, block_size: int, context, cache) -> tupl
     hidden = model.draft(embedded, context, cache)[:, 1:]
     for layer_cache in cache:
         layer_cache.trim(NEW_CONTEXT)
-    logits, _ = model.draft.finish_block(hidden, model.adapter.lm_head, mx.array([7]))
+    logits, _ = model.draft.finish_block(hidden, model.draft_head, mx.array([7]))
     mx.eval(hidden, logits)
     return hidden, logits, mx.array([7])
 

@@ -27,6 +27,7 @@ from train.dflash_train import TrainConfig
 REPO = Path(__file__).resolve().parents[1]
 
 VOCAB_SIZE = 512
+DRAFT_VOCAB = tuple(sorted(random.Random(0).sample(range(VOCAB_SIZE), VOCAB_SIZE // 4)))  # a draft vocabulary
 SPECIAL_TOKENS = ["<|begin_of_text|>", "<|eot_id|>", "<|mask|>"]
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|eot_id|>{% endfor %}"
@@ -166,9 +167,12 @@ def draft_config(target: dict, *, layers: int = 2, block_size: int = 16, **overr
     return DraftConfig(**fields)
 
 
-def save_random_draft(directory, config: DraftConfig, seed: int = 1) -> Path:
+def save_random_draft(directory, config: DraftConfig, seed: int = 1, draft_vocab=None) -> Path:
+    """A drafter with random weights (and the draft vocabulary `draft_vocab`, ascending ids, if given)."""
     mx.random.seed(seed)
     draft = DFlashDraftModel(config)
+    if draft_vocab is not None:
+        draft.draft_vocab = mx.array(draft_vocab, dtype=mx.int32)
     mx.eval(draft.parameters())
     save_draft(draft, directory)
     return Path(directory)

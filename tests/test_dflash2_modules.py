@@ -26,8 +26,8 @@ from tests.helpers import (
     tiny_config,
     weights,
 )
+from train.blocks import vocabulary_places
 from train.dflash_train import selector_loss, train, with_gold
-
 
 # ---------------------------------------------------------------------------------------------
 # The modules against their definitions
@@ -137,7 +137,7 @@ def test_selector_loss_is_the_cross_entropy_of_its_scores_after_the_gold_path():
     hidden, logits = mx.random.normal((2, 3, 16)), mx.random.normal((2, 3, 12))
     tokens, labels = mx.array([[5, 2, 2, 2], [7, 2, 2, 2]]), mx.array([[1, 9, 4], [0, 0, 11]])
     weights = mx.array([[1.0, 0.5, 0.25], [1.0, 0.5, 0.0]])
-    blocks = SimpleNamespace(tokens=tokens, labels=labels, weights=weights)
+    blocks = SimpleNamespace(tokens=tokens, labels=labels, weights=weights, vocab_labels=labels)
     loss, _ = selector_loss(selector, hidden, logits, blocks)
     A, B = np.array(selector.predecessor_codebook), np.array(selector.successor_codebook)
     H, U = np.array(hidden) @ np.array(selector.hidden_projection.weight).T, np.array(logits)
@@ -154,6 +154,23 @@ def test_selector_loss_is_the_cross_entropy_of_its_scores_after_the_gold_path():
             magnitude += float(weights[n, t]) * (np.abs(scores).max() + abs(log_softmax[candidates.index(gold)]))
     # float32 scores (sums over the rank 4), a log-sum-exp over the 3 candidates, 6 positions summed.
     assert abs(loss.item() - expected) <= (4 + 3 + 6) * FLOAT32_EPS * max(1.0, magnitude)
+
+
+def test_the_selector_loss_over_a_draft_vocabulary_is_the_whole_vocabularys_with_the_rest_unproposable():
+    mx.random.seed(3)
+    selector = CandidateSelector(hidden_size=16, vocab_size=12, rank=4, top_k=3)
+    draft_vocab = mx.array([0, 1, 4, 7, 9, 11])
+    hidden, vocab_logits = mx.random.normal((2, 3, 16)), mx.random.normal((2, 3, 6))
+    tokens, labels = mx.array([[5, 2, 2, 2], [7, 2, 2, 2]]), mx.array([[1, 9, 4], [0, 0, 11]])
+    weights = mx.array([[1.0, 0.5, 0.25], [1.0, 0.5, 0.0]])
+    places = vocabulary_places(np.array(draft_vocab), 12)
+    restricted = SimpleNamespace(tokens=tokens, labels=labels, weights=weights, vocab_labels=mx.array(places[labels]))
+    whole = SimpleNamespace(tokens=tokens, labels=labels, weights=weights, vocab_labels=labels)
+    logits = mx.full((2, 3, 12), -1e9)
+    logits[..., draft_vocab] = vocab_logits
+    loss, chose_right = selector_loss(selector, hidden, vocab_logits, restricted, draft_vocab)
+    whole_loss, whole_chose_right = selector_loss(selector, hidden, logits, whole)
+    assert loss.item() == whole_loss.item() and chose_right.item() == whole_chose_right.item()
 
 
 @pytest.mark.slow  # a whole training run

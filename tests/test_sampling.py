@@ -32,6 +32,7 @@ from dflash.generate import speculative_generate_step
 from dflash.loading import DFlashModel
 from dflash.sampling import SamplingSettings
 from dflash.stats import GenerationStats
+from tests.helpers import DRAFT_VOCAB
 
 SIGNIFICANCE = 1e-3
 MIN_EXPECTED = 5
@@ -142,7 +143,8 @@ class TableDrafter:
 
     def __init__(self, rows: np.ndarray):
         self.rows = rows
-        self.config = SimpleNamespace(block_size=len(rows), target_layer_ids=[0], mask_token_id=0)
+        self.config = SimpleNamespace(block_size=len(rows), target_layer_ids=[0], mask_token_id=0,
+                                      draft_vocab_size=None)
 
     def make_cache(self, context_window=None):
         return None
@@ -313,6 +315,14 @@ def test_hybrid_target_first_three_tokens_follow_the_target(make_pair):
     model, _ = dflash.load(*make_pair("qwen3_5", layers=3, draft_layers=1, block_size=4))
     table = first_tokens_table(model, [5, 17, 99, 230], SamplingSettings(temperature=1.0, top_k=3), 300,
                                "speculative", length=3)  # fmt: skip
+    assert goodness_of_fit([table]) > SIGNIFICANCE
+
+
+@pytest.mark.slow  # 200 sampled generations
+def test_a_drafter_with_a_draft_vocabulary_first_tokens_follow_the_target(make_pair):
+    """Its proposal law is zero outside its vocabulary; the target's law still decides."""
+    model, _ = dflash.load(*make_pair("llama", layers=2, draft_layers=1, block_size=4, draft_vocab=DRAFT_VOCAB))
+    table = first_tokens_table(model, [5, 17, 99, 230], SamplingSettings(temperature=1.0, top_k=3), 200, "speculative")
     assert goodness_of_fit([table]) > SIGNIFICANCE
 
 

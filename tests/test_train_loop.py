@@ -2,6 +2,7 @@
 losslessly, a SIGKILLed run resumes bit-identically from checkpoints that are drafters
 themselves, precomputed hidden states train the same."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -15,8 +16,9 @@ from mlx.utils import tree_flatten
 import dflash
 from adapters.errors import DFlashError
 from dflash.generate import encode_prompt, generate
-from tests.helpers import REPO, make_tiny_data, metrics, tiny_config, weights
 from dflash.model import DFlashDraftModel, DraftConfig
+from tests.helpers import REPO, make_tiny_data, metrics, tiny_config, weights
+from train.data import load_sequences, response_vocabulary
 from train.dflash_train import copy_target_layers, train
 from train.hidden_states import precompute
 
@@ -131,6 +133,24 @@ def test_a_hybrid_target_regenerates_precomputes_and_trains(tmp_path):
     prompt_ids = encode_prompt(model.adapter, tokenizer, "Speculative decoding drafts a block", chat=True)
     result = dflash.generate(model, tokenizer, prompt_ids, max_tokens=30)
     assert result.tokens == generate(model.adapter, tokenizer, prompt_ids, 30).tokens
+
+
+def test_a_draft_vocabulary_trains_and_decodes_losslessly(llama, tmp_path):
+    target, data_dir = llama
+    drafter = train(tiny_config(target, data_dir, tmp_path / "run", draft_vocab=40, save_dtype="bfloat16"))
+    losses = [m["loss"] for m in metrics(tmp_path / "run")]
+    assert sum(losses[-3:]) / 3 < 0.5 * losses[0]
+    sequences = load_sequences(str(data_dir), tiny_config(target, data_dir, "").max_length)
+    expected = response_vocabulary(sequences[:-2], 40)  # the training sequences' (2 held out)
+    stored = weights(drafter)["draft_vocab"]
+    assert stored.dtype == mx.int32 and stored.tolist() == expected.tolist() and len(expected) == 40
+    assert json.loads((drafter / "config.json").read_text())["dflash_config"]["draft_vocab_size"] == 40
+    model, tokenizer = dflash.load(str(target), str(drafter))
+    prompt_ids = encode_prompt(model.adapter, tokenizer, "Speculative decoding drafts a block", chat=True)
+    plain = generate(model.adapter, tokenizer, prompt_ids, 30)
+    assert dflash.generate(model, tokenizer, prompt_ids, 30).tokens == plain.tokens
+    with pytest.raises(DFlashError, match="other settings .*draft_vocab"):  # a run is resumed as it started
+        train(tiny_config(target, data_dir, tmp_path / "run", max_steps=2, eval_prompts=0))
 
 
 def test_init_from_target_starts_the_draft_layers_as_the_targets_last(llama, tmp_path):

@@ -10,6 +10,7 @@ blocks of a sequence run in one drafter pass, blocks on the batch axis. Predicte
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 import mlx.core as mx
 import numpy as np
@@ -41,10 +42,21 @@ class Blocks:
     anchors: mx.array  # [N] position of each block's first token
     mask: mx.array  # [N * B, S + N * B] what each block position may attend to (blocks side by side)
     labels: mx.array  # [N, B - 1] the tokens after each anchor
-    weights: mx.array  # [N, B - 1] loss weight, 0 past the end of the sequence
+    weights: mx.array  # [N, B - 1] loss weight, 0 past the end of the sequence (and outside a draft vocabulary)
+    vocab_labels: mx.array  # [N, B - 1] the labels' places in the drafter's vocabulary (the labels without one)
 
 
-def make_blocks(tokens: np.ndarray, anchors: np.ndarray, block_size: int, mask_token_id: int, gamma: float) -> Blocks:
+def vocabulary_places(draft_vocab: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Each token's place in the draft vocabulary `draft_vocab`, -1 for the tokens outside it: [V]."""
+    places = np.full(vocab_size, -1, dtype=np.int32)
+    places[draft_vocab] = np.arange(len(draft_vocab), dtype=np.int32)
+    return places
+
+
+def make_blocks(tokens: np.ndarray, anchors: np.ndarray, block_size: int, mask_token_id: int, gamma: float,
+                vocab_places: Optional[np.ndarray] = None) -> Blocks:  # fmt: skip
+    """The blocks at `anchors` of a sequence; with `vocab_places` (vocabulary_places) of a draft
+    vocabulary, the labels outside it get no weight: the drafter cannot propose them."""
     seq_len, n = len(tokens), len(anchors)
     positions = anchors[:, None] + np.arange(block_size)[None]  # [N, B]
     block_tokens = np.full((n, block_size), mask_token_id, dtype=np.int32)
@@ -53,6 +65,11 @@ def make_blocks(tokens: np.ndarray, anchors: np.ndarray, block_size: int, mask_t
     inside = label_positions < seq_len
     labels = tokens[np.minimum(label_positions, seq_len - 1)]
     weights = loss_weights(block_size, gamma)[None] * inside
+    vocab_labels = labels
+    if vocab_places is not None:
+        vocab_labels = vocab_places[labels]
+        weights = weights * (vocab_labels >= 0)
+        vocab_labels = np.maximum(vocab_labels, 0)
     context_visible = np.arange(seq_len)[None] < anchors[:, None]  # [N, S]
     same_block = np.kron(np.eye(n, dtype=bool), np.ones((block_size, block_size), dtype=bool))  # [N*B, N*B]
     mask = np.concatenate([np.repeat(context_visible, block_size, axis=0), same_block], axis=-1)
@@ -62,6 +79,7 @@ def make_blocks(tokens: np.ndarray, anchors: np.ndarray, block_size: int, mask_t
         mask=mx.array(mask),
         labels=mx.array(labels.astype(np.int32)),
         weights=mx.array(weights.astype(np.float32)),
+        vocab_labels=mx.array(vocab_labels.astype(np.int32)),
     )
 
 

@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--init-from-target", action="store_true",
                      help="start the draft layers as copies of the target's last layers (instead of a fresh init "
                      "with --residual-init-scale)")  # fmt: skip
+    run.add_argument("--draft-vocab", type=positive_int, default=None, metavar="N",
+                     help="the drafter proposes only the N tokens most frequent in the training responses: "
+                     "its LM head (the target's rows of them) costs N/V of the whole one, in training and "
+                     "drafting")  # fmt: skip
     run.add_argument("--dflash2", action="store_true",
                      help="train a DFlash 2 drafter: dynamic convolutions around every sublayer and a path selector")  # fmt: skip
     run.add_argument("--selector-rank", type=positive_int, default=DEFAULTS.selector_rank)

@@ -9,11 +9,13 @@ time, so a rerun skips what is done and a killed run resumes where it stopped.
 import hashlib
 import json
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
 import mlx.core as mx
+import numpy as np
 from tqdm import tqdm
 
 from adapters import adapter_for
@@ -264,3 +266,17 @@ def load_sequences(data_dir: str, max_length: Optional[int] = None, limit: Optio
     if limit is not None and len(sequences) < limit:
         raise DFlashError(f"'{data_dir}' has {len(sequences)} usable sequences, fewer than {limit}")
     return sequences[:limit]
+
+
+def response_vocabulary(sequences: List[Sequence], size: int) -> np.ndarray:
+    """The `size` tokens most frequent in the sequences' responses (all of them where fewer occur;
+    ties to the lower id), ascending: a draft vocabulary for this data."""
+    counts = Counter(token for sequence in sequences for token in sequence.response_ids)
+    most = sorted(counts, key=lambda token: (-counts[token], token))[:size]
+    return np.array(sorted(most), dtype=np.int32)
+
+
+def vocabulary_coverage(sequences: List[Sequence], draft_vocab: np.ndarray) -> float:
+    """The share of the sequences' response tokens inside `draft_vocab`."""
+    tokens = np.concatenate([np.array(sequence.response_ids) for sequence in sequences])
+    return float(np.isin(tokens, draft_vocab).mean())

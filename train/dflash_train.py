@@ -33,8 +33,8 @@ from dflash.loading import DFlashModel, check_pair, save_draft
 from dflash.model import DFlashDraftModel, DraftConfig
 
 from . import checkpoint
-from .blocks import anchor_rng, default_gamma, make_blocks, sample_anchors
-from .data import canonical, load_sequences, load_training_target
+from .blocks import anchor_rng, default_gamma, make_blocks, sample_anchors, vocabulary_places
+from .data import canonical, load_sequences, load_training_target, response_vocabulary, vocabulary_coverage
 from .hidden_states import HiddenStateShards, target_hidden
 from .logsumexp import cross_entropy
 from .schedule import batch_of_step, learning_rate_schedule
@@ -73,6 +73,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     residual_init_scale: float = 0.05  # see scale_residual_writes
     init_from_target: bool = False  # start the draft layers as the target's last layers (copy_target_layers)
+    draft_vocab: Optional[int] = None  # the drafter proposes only the N most frequent tokens of the responses
     dflash2: bool = False  # a DFlash 2 drafter: convolutions and a path selector of these sizes
     selector_rank: int = 256
     selector_top_k: int = 16
@@ -104,7 +105,7 @@ def choose_mask_token(tokenizer, adapter, requested: Optional[int]) -> int:
     raise DFlashError("the target's vocabulary has no mask token and no unused embedding row; pass --mask-token-id")
 
 
-def make_draft_config(config: TrainConfig, adapter, tokenizer) -> DraftConfig:
+def make_draft_config(config: TrainConfig, adapter, tokenizer, draft_vocab_size: Optional[int] = None) -> DraftConfig:
     """Attention and MLP shapes follow the target, as in the published drafters."""
     args = adapter.args
     optional = {
@@ -113,7 +114,7 @@ def make_draft_config(config: TrainConfig, adapter, tokenizer) -> DraftConfig:
         if getattr(args, name, None) is not None
     }
     try:
-        draft_config = make_config(config, adapter, tokenizer, optional)
+        draft_config = make_config(config, adapter, tokenizer, {**optional, "draft_vocab_size": draft_vocab_size})
     except ValueError as e:  # DFlash 2 sizes that do not fit the target
         raise DFlashError(f"drafter settings: {e}") from None
     check_pair(adapter, draft_config)
@@ -166,17 +167,19 @@ def copy_target_layers(draft: DFlashDraftModel, adapter) -> None:
         layer.update(tree_unflatten(shared))
 
 
-def block_loss(draft, adapter, blocks, hidden, selector_weight: float = 1.0):
-    """The loss: the sum of weighted cross-entropies over the blocks' predicted positions, plus a
-    DFlash 2 drafter's selector loss times `selector_weight`. With it [correct top-1 predictions
-    among the positions with a label, the selector loss, the selector's correct choices]."""
+def block_loss(draft, adapter, head, blocks, hidden, selector_weight: float = 1.0):
+    """The loss: the sum of weighted cross-entropies over the blocks' predicted positions (over the
+    drafter's vocabulary: `head` is DFlashModel.draft_head), plus a DFlash 2 drafter's selector
+    loss times `selector_weight`. With it [correct top-1 predictions among the positions with a
+    label, the selector loss, the selector's correct choices]."""
     out = draft(adapter.embed(blocks.tokens), hidden, block_offset=blocks.anchors, mask=blocks.mask)[:, 1:]
-    logits = draft.logits(out, adapter.lm_head)
-    loss = (cross_entropy(logits, blocks.labels) * blocks.weights).sum()
-    correct = ((logits.argmax(-1) == blocks.labels) * (blocks.weights > 0)).sum()
+    logits = draft.vocab_logits(out, head)
+    loss = (cross_entropy(logits, blocks.vocab_labels) * blocks.weights).sum()
+    correct = ((logits.argmax(-1) == blocks.vocab_labels) * (blocks.weights > 0)).sum()
     chose, chose_right = mx.array(0.0), mx.array(0)
     if draft.config.dflash2:
-        chose, chose_right = selector_loss(draft.candidate_selector, out, logits, blocks)
+        draft_vocab = draft.draft_vocab if draft.config.draft_vocab_size else None
+        chose, chose_right = selector_loss(draft.candidate_selector, out, logits, blocks, draft_vocab)
     return loss + selector_weight * chose, mx.stack([correct, chose, chose_right])
 
 
@@ -189,18 +192,21 @@ def with_gold(candidates: mx.array, logits: mx.array, labels: mx.array) -> mx.ar
     return mx.where(replace, labels[..., None], candidates)
 
 
-def selector_loss(selector, hidden, logits, blocks):
+def selector_loss(selector, hidden, logits, blocks, draft_vocab: Optional[mx.array] = None):
     """The path selector's loss (our training objective; the public DFlash 2 descriptions name
     only its parts): at every predicted position, cross-entropy of the selector's scores over its
     candidates (the gold token among them) after the gold previous token (the anchor at the first),
     weighted as the block loss. It trains the selector alone: the drafter's states and logits enter
     it without a gradient, so the block loss alone shapes them (on a tiny run that kept the block
-    loss at 3.11 instead of 3.54, with the same selector accuracy and tau). Returns (loss, correct choices)."""
+    loss at 3.11 instead of 3.54, with the same selector accuracy and tau). `logits` are over the
+    drafter's vocabulary, whose token ids are `draft_vocab` where it has one. Returns (loss, correct choices)."""
     hidden, logits = mx.stop_gradient(hidden), mx.stop_gradient(logits)
-    labels = blocks.labels
-    candidates = with_gold(selector.candidates(logits), logits, labels)
-    predecessors = mx.concatenate([blocks.tokens[:, :1], labels[:, :-1]], axis=1)[..., None]
-    scores = selector.scores(hidden, logits, candidates, predecessors)[:, :, 0]  # [N, P, k]
+    labels = blocks.vocab_labels
+    candidates = with_gold(selector.candidates(logits), logits, labels)  # places in the drafter's vocabulary
+    unary = mx.take_along_axis(logits, candidates, axis=-1)
+    tokens = candidates if draft_vocab is None else draft_vocab[candidates]
+    predecessors = mx.concatenate([blocks.tokens[:, :1], blocks.labels[:, :-1]], axis=1)[..., None]
+    scores = selector.scores(hidden, unary, tokens, predecessors)[:, :, 0]  # [N, P, k]
     gold = mx.argmax(candidates == labels[..., None], axis=-1)
     loss = (cross_entropy(scores, gold) * blocks.weights).sum()
     return loss, ((scores.argmax(-1) == gold) * (blocks.weights > 0)).sum()
@@ -250,7 +256,8 @@ def train(config: TrainConfig) -> Path:
     total_steps = config.epochs * steps_per_epoch
     last_step = min(total_steps, config.max_steps or total_steps)
 
-    draft_config = make_draft_config(config, adapter, tokenizer)
+    draft_vocab = response_vocabulary(train_sequences, config.draft_vocab) if config.draft_vocab else None
+    draft_config = make_draft_config(config, adapter, tokenizer, None if draft_vocab is None else len(draft_vocab))
     config.target_layer_ids, config.mask_token_id = draft_config.target_layer_ids, draft_config.mask_token_id
     config.gamma = config.gamma or default_gamma(config.block_size)
     layer_ids = draft_config.target_layer_ids
@@ -263,6 +270,10 @@ def train(config: TrainConfig) -> Path:
 
     mx.random.seed(config.seed)
     draft = DFlashDraftModel(draft_config)
+    vocab_places = None
+    if draft_vocab is not None:
+        draft.draft_vocab = mx.array(draft_vocab)
+        vocab_places = vocabulary_places(draft_vocab, adapter.vocab_size)
     if config.init_from_target:
         copy_target_layers(draft, adapter)
     else:
@@ -273,6 +284,8 @@ def train(config: TrainConfig) -> Path:
     settings = {**{k: asdict(config)[k] for k in TRAJECTORY_FIELDS}, "num_sequences": len(sequences)}
     if config.init_from_target:  # recorded only when on, so that runs from before the option still resume
         settings["init_from_target"] = True
+    if config.draft_vocab:  # as init_from_target
+        settings["draft_vocab"] = config.draft_vocab
     if config.dflash2:  # as init_from_target
         settings.update(dflash2=True, **{name: getattr(config, name) for name in DFLASH2_SETTINGS})
 
@@ -294,6 +307,9 @@ def train(config: TrainConfig) -> Path:
         checkpoint.keep_metrics_until(metrics_file, step)
         run = start_wandb(config, run_id)
         run_id = run.id if run is not None else None
+        if draft_vocab is not None and eval_sequences:
+            coverage = vocabulary_coverage(eval_sequences, draft_vocab)
+            print(f"draft vocabulary: {len(draft_vocab)} tokens, {coverage:.1%} of the held-out responses' tokens")
     eval_model = DFlashModel(target, adapter, draft)
     loss_and_grad = nn.value_and_grad(draft, block_loss)
 
@@ -309,9 +325,10 @@ def train(config: TrainConfig) -> Path:
             tokens = np.array(sequence.tokens)
             rng = anchor_rng(config.seed, epoch, sequence.index)
             anchors = sample_anchors(rng, len(sequence.prompt_ids), len(tokens), config.anchors)
-            blocks = make_blocks(tokens, anchors, config.block_size, draft_config.mask_token_id, config.gamma)
-            (loss, counts), seq_grads = loss_and_grad(draft, adapter, blocks, hidden_states_of(sequence),
-                                                      config.selector_weight)  # fmt: skip
+            blocks = make_blocks(tokens, anchors, config.block_size, draft_config.mask_token_id, config.gamma,
+                                 vocab_places)  # fmt: skip
+            (loss, counts), seq_grads = loss_and_grad(draft, adapter, eval_model.draft_head, blocks,
+                                                      hidden_states_of(sequence), config.selector_weight)  # fmt: skip
             grads = seq_grads if grads is None else tree_map(mx.add, grads, seq_grads)
             loss = loss - config.selector_weight * counts[1]  # the block loss alone, comparable with DFlash's
             totals = totals + mx.stack([loss, blocks.weights.sum(), counts[0], (blocks.weights > 0).sum(), *counts[1:]])
