@@ -90,11 +90,15 @@ def test_the_recipe_answers_the_shipped_prompts_with_the_installed_gguf_and_trai
     assert hidden.data == drafter.data == "out" and drafter.hidden_states == hidden.out
     shape = ("draft_layers", "target_layer_ids", "max_length", "sequences")
     assert [getattr(hidden, k) for k in shape] == [getattr(drafter, k) for k in shape]
-    # The fast model heals on the same answers and sequences as the drafter, in a run of its own.
+    # The pilot drafter reads the first answers' hidden states from the same shards, in a run of its own;
+    # the fast model heals on the pilot's answers, in a run of its own.
+    pilot = build_parser().parse_args(stage_argv("drafter", "out", tmp_path, pilot=True))
+    assert hidden.sequences is None and pilot.sequences and pilot.hidden_states == hidden.out
+    assert pilot.out != drafter.out and drafter.draft_vocab and not pilot.draft_vocab
     fast = build_fast_model_parser().parse_args(stage_argv("fast", "out", tmp_path))
     data = ("target", "data", "max_length", "sequences")
-    assert [getattr(fast, k) for k in data] == [getattr(drafter, k) for k in data]
-    assert fast.out not in (drafter.out, hidden.out)
+    assert [getattr(fast, k) for k in data] == [getattr(pilot, k) for k in data]
+    assert fast.out not in (drafter.out, pilot.out, hidden.out)
     # The DFlash 2 drafter: the DFlash drafter's command with DFlash 2 on, into a run of its own.
     drafter2 = build_parser().parse_args(stage_argv("drafter2", "out", tmp_path))
     assert drafter2.dflash2 and not drafter.dflash2 and drafter2.out != drafter.out

