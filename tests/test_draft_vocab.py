@@ -15,7 +15,16 @@ from adapters import adapter_for
 from adapters.errors import DFlashError
 from adapters.loading import load_target
 from dflash.generate import generate
-from tests.helpers import DRAFT_VOCAB, FLOAT32_EPS, VOCAB_SIZE, DraftLog, save_target, target_config, weights
+from tests.helpers import (
+    DRAFT_VOCAB,
+    FLOAT32_EPS,
+    VOCAB_SIZE,
+    DraftLog,
+    draft_config,
+    save_target,
+    target_config,
+    weights,
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +81,11 @@ def test_a_draft_vocabulary_larger_than_the_vocabulary_is_refused(vocab_pair, tm
     mx.save_safetensors(str(tmp_path / "model.safetensors"), weights(Path(vocab_pair[1])))
     with pytest.raises(DFlashError, match=f"draft_vocab_size {VOCAB_SIZE + 1} exceeds the vocabulary {VOCAB_SIZE}"):
         dflash.load(vocab_pair[0], str(tmp_path))
+
+
+def test_a_dflash2_selector_keeps_no_more_candidates_than_the_draft_vocabulary():
+    target = target_config("llama", layers=2)
+    selector = dict(conv_kernel_size=2, conv_group_size=16, selector_rank=4, selector_top_k=16)
+    with pytest.raises(ValueError, match="selector_top_k 16 exceeds the vocabulary 8"):
+        draft_config(target, draft_vocab_size=8, **selector)
+    assert draft_config(target, draft_vocab_size=16, **selector).dflash2

@@ -174,6 +174,7 @@ def test_missing_and_corrupt_drafter_files(make_pair, tmp_path):
         (None, "rope_scaling", "none", "an object"),
         ("dflash_config", "target_layer_ids", [1, "3"], "a list of integers"),
         ("dflash_config", "mask_token_id", True, "an integer"),
+        ("dflash_config", "draft_vocab_size", 0, "a positive integer"),
     ],
 )
 def test_every_config_field_is_type_checked_in_one_line(make_pair, tmp_path, section, field, value, kind):
