@@ -3,7 +3,8 @@
 states are stored, a DFlash drafter (and a DFlash 2 one) trains on those answers, and a fast model
 pruned from it heals on them.
 
-    uv run python -m train.offline_default.smollm2 [--stage answers|hidden|drafter|drafter2|fast] [--pilot] [--work-dir DIR]
+    uv run python -m train.offline_default.smollm2 [--stage answers|hidden|drafter|drafter2|fast] [--pilot]
+        [--work-dir DIR]
 
 Each stage is one `dflash-train` command (the fast stage: one `python -m train.fast_model`) with the
 settings below; rerun it to resume (answers are appended a batch at a time, hidden states written a
@@ -57,13 +58,15 @@ MAX_LENGTH_ARGS = ["--max-length", "512"]
 SHAPE_ARGS = ["--draft-layers", "2", *MAX_LENGTH_ARGS]
 TRAINING_ARGS = [
     "--block-size", "8", "--mask-token-id", "16", "--anchors", "32", "--batch-size", "8",
-    "--eval-every", "200", "--eval-prompts", "8", "--eval-max-tokens", "128", "--save-every", "25",
+    "--eval-prompts", "8", "--eval-max-tokens", "128", "--save-every", "25",
 ]  # fmt: skip
-DRAFTER_ARGS = [*TRAINING_ARGS, "--epochs", "6", "--draft-vocab", "16384"]  # all the answers' tokens
+# An evaluation of the held-out tau takes about 100 s, a quarter of 200 steps at 1.7 s. The draft
+# vocabulary: all the answers' tokens.
+DRAFTER_ARGS = [*TRAINING_ARGS, "--epochs", "6", "--eval-every", "400", "--draft-vocab", "16384"]
 # The pilot (`--pilot`): the first 1,536 answers, 7 epochs, the whole vocabulary; the drafters of
 # benchmarks/smollm2-drafters. The fast model trains on the same answers.
 PILOT_ANSWERS = ["--sequences", "1536"]
-PILOT_DRAFTER_ARGS = [*TRAINING_ARGS, "--epochs", "7", *PILOT_ANSWERS]
+PILOT_DRAFTER_ARGS = [*TRAINING_ARGS, "--epochs", "7", "--eval-every", "200", *PILOT_ANSWERS]
 
 
 # The DFlash 2 drafter: the same backbone, data and steps. Its selector's two codebooks are
