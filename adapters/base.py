@@ -111,14 +111,18 @@ class DecoderAdapter:
         tokens), the logits of those tokens alone."""
         if rows is not None:
             return hidden @ rows.T
-        if hasattr(self.text_model, "lm_head"):
-            return self.text_model.lm_head(hidden)
-        return self.decoder.embed_tokens.as_linear(hidden)
+        head = self.head_module
+        return head(hidden) if head is not self.decoder.embed_tokens else head.as_linear(hidden)
+
+    @property
+    def head_module(self) -> nn.Module:
+        """The module that holds the LM head's weight: the model's head, or its tied embedding."""
+        return self.text_model.lm_head if hasattr(self.text_model, "lm_head") else self.decoder.embed_tokens
 
     def head_rows(self, tokens: mx.array) -> mx.array:
         """The LM head's weight rows of `tokens` [K] (the tied embedding's where there is no head),
         dequantized, in the hidden states' dtype: [K, D]."""
-        head = self.text_model.lm_head if hasattr(self.text_model, "lm_head") else self.decoder.embed_tokens
+        head = self.head_module
         if not isinstance(head, (nn.Linear, nn.QuantizedLinear, nn.Embedding, nn.QuantizedEmbedding)):
             raise DFlashError(f"the {self.family} target's LM head ({type(head).__name__}) has no rows to restrict")
         rows = head.weight[tokens]
