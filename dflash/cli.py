@@ -1,6 +1,7 @@
 """`uv run dflash-mlx`: generate with a target and its DFlash drafter.
 
-With no model arguments it runs the offline default pair shipped in dflash/checkpoints.
+With no model arguments it runs the offline default: SmolLM2-135M-Instruct (dflash/presets.py) and
+the drafter shipped for it in dflash/checkpoints.
 """
 
 import argparse

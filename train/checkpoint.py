@@ -1,4 +1,4 @@
-"""Training checkpoints, for drafter training and LM pretraining alike.
+"""Training checkpoints, for drafter and fast-model training alike.
 
 RUN/checkpoints/step_00000100/ holds the model as its loader reads it: config.json and
 model.safetensors (float32). A drafter's checkpoint is thus a drafter in the published format,

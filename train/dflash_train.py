@@ -143,7 +143,7 @@ def scale_residual_writes(draft: DFlashDraftModel, scale: float) -> None:
     """Shrink the projections that write into the residual stream (attention out, MLP down).
 
     The block enters the drafter as target embeddings, which are small in trained LMs (rms
-    0.034 in the shipped expert), and the drafter's output goes through the target's tied
+    0.034 in the former toy default's target), and the drafter's output goes through the target's tied
     LM head. With default init the fresh layers' writes are ~6x the embeddings and training
     sat on the most frequent token for the whole run; shrunk writes let it learn."""
     for layer in draft.layers:

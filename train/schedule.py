@@ -1,5 +1,5 @@
-"""What an optimizer step trains on and at which learning rate, for drafter training and LM
-pretraining alike. Both are pure functions of the step, so a resumed run (or another rank)
+"""What an optimizer step trains on and at which learning rate, for drafter and fast-model training
+alike. Both are pure functions of the step, so a resumed run (or another rank)
 repeats exactly what an uninterrupted one does."""
 
 import mlx.optimizers as optim

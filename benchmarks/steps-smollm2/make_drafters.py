@@ -13,14 +13,14 @@ import mlx.core as mx
 
 from dflash.loading import save_draft
 from dflash.model import DFlashDraftModel
+from dflash.presets import DEFAULT_TARGET
 from train.data import load_training_target
 from train.dflash_train import TrainConfig, make_draft_config
-from train.offline_default.smollm2 import smollm2_gguf
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("out", type=Path, help="directory for the two drafters")
 out = parser.parse_args().out
-_, tokenizer, adapter = load_training_target(smollm2_gguf())
+_, tokenizer, adapter = load_training_target(str(DEFAULT_TARGET))
 for name, dflash2 in (("dflash", False), ("dflash2", True)):
     mx.random.seed(0)
     config = TrainConfig(target="", data="", out="", draft_layers=2, block_size=8, mask_token_id=16, dflash2=dflash2)

@@ -1,7 +1,8 @@
 """`uv run dflash-serve`: an OpenAI-compatible server for a target with its DFlash drafter, the
 fast model and the router.
 
-With no model options it serves the offline default pair shipped in dflash/checkpoints.
+With no model options it serves the offline default: SmolLM2-135M-Instruct (dflash/presets.py), the
+drafter and the fast model shipped for it in dflash/checkpoints.
 """
 
 import argparse

@@ -114,9 +114,10 @@ class CompletionBody(Body):
 
 def model_names(engine: Engine) -> Dict[str, str]:
     """The served model names and the route each one takes: the DFlash pair under its target's
-    name (a directory's own name, `expert` for the shipped pair), the fast model and the router."""
+    name (a local directory's or file's own name: `SmolLM2-135M-Instruct.Q4_1.gguf` for the offline
+    default; a hub id as it is), the fast model and the router."""
     target = engine.target_path
-    name = Path(target).name if Path(target).is_dir() else target
+    name = Path(target).name if Path(target).exists() else target
     return {name: EXPERT, FAST: FAST, AUTO: AUTO}
 
 

@@ -19,9 +19,12 @@ from urllib.parse import urlparse
 
 from adapters.errors import DFlashError
 
-# "offline": the old toy pair's prompts. "chat": held-out chat, explanation, writing, math and code
-# prompts for the offline default target, about subjects the training prompts (train/prompts) never use.
+# "offline": the former toy pair's held-out prompts (code, math, prose, chat). "chat": held-out chat,
+# explanation, writing, math and code prompts for the offline default target, about subjects the
+# training prompts (train/prompts) never use.
 SHIPPED_SUITES = {name: Path(__file__).with_name(f"{name}.jsonl") for name in ("offline", "chat")}
+# What `dflash-eval bench` runs unless told: HumanEval and the held-out chat set.
+DEFAULT_SUITES = ["humaneval", "chat"]
 
 
 @dataclass

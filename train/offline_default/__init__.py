@@ -1,2 +1,2 @@
-"""The offline default models shipped in dflash/checkpoints/ (an expert and a fast LM, and the
-expert's drafter), built from text that ships with Python: `python -m train.offline_default`."""
+"""The offline default's drafter, fast model and router probe, trained for SmolLM2-135M-Instruct on
+its own answers to the shipped prompt set: `python -m train.offline_default` (smollm2.py)."""

