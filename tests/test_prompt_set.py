@@ -110,7 +110,7 @@ def test_the_recipe_answers_the_shipped_prompts_with_the_installed_gguf_and_trai
     assert router.fast_model == str(tmp_path / "fast-run" / "fast-model") and router.out.startswith(str(tmp_path))
 
 
-def test_the_ship_stage_copies_what_the_stages_made_under_the_shipped_names(tmp_path, capsys):
+def test_the_ship_stage_copies_what_the_stages_made_under_the_shipped_names(tmp_path):
     from dflash.presets import DEFAULT_DRAFT, DEFAULT_FAST, DEFAULT_ROUTER_PROBE
     from train.offline_default.smollm2 import main
 

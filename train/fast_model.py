@@ -54,6 +54,8 @@ TRAJECTORY_FIELDS = (
     "weight_decay", "grad_clip", "embedding_bits", "group_size", "seed",
 )  # fmt: skip
 QUANTIZATION_BITS = (2, 3, 4, 5, 6, 8)  # MLX's affine quantization
+# What a finished run leaves in its directory: the saved model, and its held-out figures.
+FAST_MODEL_DIR, SUMMARY_FILE = "fast-model", "summary.json"
 
 
 @dataclass
@@ -301,10 +303,10 @@ def heal(config: FastModelConfig) -> Path:
         progress.update(1)
     progress.close()
 
-    saved = save_fast_model(student, embedding, tokenizer, out / "fast-model", config.layer_bits, config.group_size)
+    saved = save_fast_model(student, embedding, tokenizer, out / FAST_MODEL_DIR, config.layer_bits, config.group_size)
     shipped = distillation_metrics(target, [load_fast_model(str(saved)).model], eval_sequences)[0]
     summary = {"keep": keep, "step": step, "bytes": directory_bytes(saved), **prefixed("heldout_shipped", shipped)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     if run is not None:
         run.summary.update(summary)
         run.finish()

@@ -46,6 +46,8 @@ from dflash.files import atomic_directory  # first: `import dflash` loads OpenBL
 from dflash.presets import CHECKPOINTS, DEFAULT_DRAFT, DEFAULT_FAST, DEFAULT_ROUTER_PROBE, DEFAULT_TARGET
 
 from ..cli import main as dflash_train
+from ..dflash_train import DRAFTER_DIR
+from ..fast_model import FAST_MODEL_DIR, SUMMARY_FILE
 from ..fast_model import main as heal_fast_model
 from ..prompts import PROMPT_FILE
 from ..router import main as train_router
@@ -94,7 +96,7 @@ def stage_argv(stage: str, answers: str, work_dir: Path, pilot: bool = False) ->
         return ["regenerate", *target, "--prompts", str(PROMPT_FILE), "--out", answers,
                 "--batch-size", str(BATCH_SIZE), "--max-tokens", str(MAX_NEW_TOKENS)]  # fmt: skip
     if stage == "fast":
-        return [*target, "--data", answers, "--out", str(work_dir / "fast-run"), *FAST_ARGS]
+        return [*target, "--data", answers, "--out", str(run_dir(work_dir, stage)), *FAST_ARGS]
     if stage == "router":
         return ["--fast-model", str(fast_model(work_dir)), "--out", str(work_dir / DEFAULT_ROUTER_PROBE.name)]
     hidden_states = str(work_dir / "hidden")
@@ -102,14 +104,17 @@ def stage_argv(stage: str, answers: str, work_dir: Path, pilot: bool = False) ->
         return ["precompute", *target, "--data", answers, "--out", hidden_states, *SHAPE_ARGS, "--dtype", "float16"]
     drafter = ["run", *target, "--data", answers, "--hidden-states", hidden_states, *SHAPE_ARGS,
                *(PILOT_DRAFTER_ARGS if pilot else DRAFTER_ARGS)]  # fmt: skip
-    prefix = "pilot-" if pilot else ""
-    if stage == "drafter2":
-        return [*drafter, "--out", str(work_dir / f"{prefix}drafter2-run"), *DFLASH2_ARGS]
-    return [*drafter, "--out", str(work_dir / f"{prefix}drafter-run")]
+    dflash2 = DFLASH2_ARGS if stage == "drafter2" else []
+    return [*drafter, "--out", str(run_dir(work_dir, stage, pilot)), *dflash2]
+
+
+def run_dir(work_dir: Path, stage: str, pilot: bool = False) -> Path:
+    """The run directory of a training stage (drafter, drafter2, fast)."""
+    return work_dir / f"{'pilot-' if pilot else ''}{stage}-run"
 
 
 def fast_model(work_dir: Path) -> Path:
-    return work_dir / "fast-run" / "fast-model"
+    return run_dir(work_dir, "fast") / FAST_MODEL_DIR
 
 
 # The program of each training stage (`dflash-train` for the others): its name, and its main.
@@ -130,15 +135,15 @@ def run_stage(stage: str, answers: str, work_dir: Path, pilot: bool) -> int:
 def ship(answers: str, work_dir: Path, out: Path) -> None:
     """Copy the trained drafter, fast model and probe from `work_dir` to `out`, under the names
     dflash/presets.py gives them, each with the commands and results that made it."""
-    drafter_run, fast_run, probe = work_dir / "drafter-run", work_dir / "fast-run", work_dir / DEFAULT_ROUTER_PROBE.name
-    for made, stage in ((drafter_run / "drafter", "drafter"), (fast_model(work_dir), "fast"), (probe, "router")):
+    drafter_run, probe = run_dir(work_dir, "drafter"), work_dir / DEFAULT_ROUTER_PROBE.name
+    for made, stage in ((drafter_run / DRAFTER_DIR, "drafter"), (fast_model(work_dir), "fast"), (probe, "router")):
         if not made.exists():
             raise SystemExit(f"{made} is missing: run the {stage} stage to its end first")
     metrics = [json.loads(line) for line in (drafter_run / "metrics.jsonl").read_text().splitlines()]
     drafter_results = {"final": metrics[-1], "tau": {m["step"]: m["tau"] for m in metrics if "tau" in m}}
-    fast_results = json.loads((fast_run / "summary.json").read_text())
+    fast_results = json.loads((run_dir(work_dir, "fast") / SUMMARY_FILE).read_text())
     for source, name, stages, results in (
-        (drafter_run / "drafter", DEFAULT_DRAFT.name, ("answers", "hidden", "drafter"), drafter_results),
+        (drafter_run / DRAFTER_DIR, DEFAULT_DRAFT.name, ("answers", "hidden", "drafter"), drafter_results),
         (fast_model(work_dir), DEFAULT_FAST.name, ("answers", "fast"), fast_results),
     ):
         commands = {stage: command_line(stage, answers, work_dir) for stage in stages}
