@@ -197,3 +197,15 @@ def test_every_command_ends_on_an_error_or_an_interrupt_with_one_line(
     monkeypatch.setattr(work, stopped)
     assert main(argv) == status
     assert capsys.readouterr().err.splitlines() == [line.format(prog=prog)]
+
+
+def test_a_missing_offline_default_is_one_line(tmp_path, monkeypatch, capsys):
+    """No wheel (the target) or no shipped drafter: `dflash-mlx` with no model arguments says which."""
+    monkeypatch.setattr("dflash.engine.DEFAULT_TARGET", tmp_path / "SmolLM2.gguf")
+    assert cli_main([]) == 2
+    error = capsys.readouterr().err
+    assert re.fullmatch(r"dflash-mlx: error: the offline default target .* is not installed .*\n", error)
+    (tmp_path / "SmolLM2.gguf").write_bytes(b"")
+    monkeypatch.setattr("dflash.engine.DEFAULT_DRAFT", tmp_path / "smollm2-dflash")
+    assert cli_main([]) == 2
+    assert re.fullmatch(r"dflash-mlx: error: the offline default drafter is not in .*\n", capsys.readouterr().err)
