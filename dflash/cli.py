@@ -13,7 +13,7 @@ from adapters.routing import FAST
 
 from . import blas
 from .acceptance import ACCEPTANCE_RULES
-from .commands import add_model_options, block_size_option, engine_from, run_command
+from .commands import BLOCK_SIZE_DEFAULT, add_model_options, block_size_option, engine_from, run_command
 from .engine import ROUTE_CHOICES, Request
 from .generate import GenerationResponse, collect
 from .presets import DEFAULT_PROMPT
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-new-tokens", type=int, default=256)
     gen.add_argument("--block-size", type=block_size_option,
                      help="draft block size, or auto: chosen every step to maximise the expected tokens per second "
-                     "from the request's measured step costs and acceptance (default: the drafter's)")
+                     f"from the request's measured step costs and acceptance ({BLOCK_SIZE_DEFAULT})")
     gen.add_argument("--draft-window", type=int, metavar="N",
                      help="the drafter sees only the last N committed positions: its cost per step stops growing "
                      "with the context (default: all of them)")

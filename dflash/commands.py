@@ -20,6 +20,9 @@ def block_size_option(text: str):
     return text if text == AUTO else int(text)
 
 
+BLOCK_SIZE_DEFAULT = "default: auto for the offline default, else the preset's or the drafter's"
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """The options that say which models an Engine loads (shared with the server)."""
     models = parser.add_argument_group("models")

@@ -36,7 +36,16 @@ from .generate import (
 )
 from .loading import DFlashModel, load
 from .prefix_cache import PrefixCache
-from .presets import CHECKPOINTS, DEFAULT_DRAFT, DEFAULT_FAST, DEFAULT_ROUTER_PROBE, DEFAULT_TARGET, PRESETS, Preset
+from .presets import (
+    CHECKPOINTS,
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_DRAFT,
+    DEFAULT_FAST,
+    DEFAULT_ROUTER_PROBE,
+    DEFAULT_TARGET,
+    PRESETS,
+    Preset,
+)
 from .sampling import SamplingSettings
 
 ROUTE_CHOICES = ("auto", FAST, EXPERT)
@@ -53,7 +62,7 @@ class Request:
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     acceptance: Optional[str] = None  # the rule at temperature > 0: speculative, match or argmax; None: the drafter's
     seed: Optional[int] = None
-    block_size: Union[int, str, None] = None  # default: the drafter's; "auto": chosen every step
+    block_size: Union[int, str, None] = None  # None: the engine's; "auto": chosen every step
     draft_window: Optional[int] = None  # the drafter sees this many last committed positions; None: all
     chat: bool = True
     thinking: Optional[bool] = None  # the chat template's thinking switch; None: the family's default
@@ -114,7 +123,7 @@ def resolve_pair(target: Optional[str], draft: Optional[str], preset: Optional[s
             f"the offline default drafter is not in {CHECKPOINTS} (`python -m train.offline_default` builds it); "
             "give a target and a drafter, or a preset"
         )
-    return Preset(str(DEFAULT_TARGET), str(DEFAULT_DRAFT))
+    return Preset(str(DEFAULT_TARGET), str(DEFAULT_DRAFT), DEFAULT_BLOCK_SIZE)
 
 
 class Engine:

@@ -3,7 +3,9 @@
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Union
+
+from .block_size import AUTO
 
 
 def installed_file(distribution: str, path: str) -> Path:
@@ -24,6 +26,9 @@ DEFAULT_DRAFT = CHECKPOINTS / "smollm2-dflash"
 DFLASH2_DRAFT = CHECKPOINTS / "smollm2-dflash2"
 DEFAULT_FAST = CHECKPOINTS / "smollm2-fast"
 DEFAULT_ROUTER_PROBE = CHECKPOINTS / "router-probe.safetensors"
+# With the shipped drafter's acceptance (tau 1.43 at block 8) a block of 8 is slower than plain
+# decoding (0.82x) and "auto" is not (1.00x): benchmarks/bench-smollm2-default.
+DEFAULT_BLOCK_SIZE = AUTO
 # A held-out prompt (eval/suites/chat.jsonl): the default drafter never trained on it.
 DEFAULT_PROMPT = "How do bees make honey?"
 
@@ -32,7 +37,7 @@ DEFAULT_PROMPT = "How do bees make honey?"
 class Preset:
     target: str  # Hugging Face repo ids
     draft: str
-    block_size: Optional[int] = None  # None: the drafter's own
+    block_size: Union[int, str, None] = None  # None: the drafter's own
 
 
 # The published DFlash drafters (z-lab's collection) and their targets. The chat defaults follow the

@@ -15,7 +15,7 @@ import uvicorn
 
 from adapters.errors import DFlashError
 
-from ..commands import add_model_options, block_size_option, engine_from, run_command
+from ..commands import BLOCK_SIZE_DEFAULT, add_model_options, block_size_option, engine_from, run_command
 from ..prefix_cache import DEFAULT_GB as DEFAULT_PREFIX_CACHE_GB
 from .app import create_app
 from .protocol import model_names
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     server.add_argument("--block-size", type=block_size_option,
                         help="draft block size of every request, or auto: chosen every step for the batch of requests "
-                        "from their measured acceptance and step costs (default: the drafter's)")
+                        f"from their measured acceptance and step costs ({BLOCK_SIZE_DEFAULT})")
     add_model_options(parser)
     return parser
 
