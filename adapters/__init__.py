@@ -5,6 +5,7 @@ from .errors import DFlashError
 from .gemma4 import Gemma4Adapter
 from .gpt_oss import GptOssAdapter
 from .llama import LlamaAdapter
+from .muse_glimmer import MuseGlimmerAdapter
 from .qwen3 import Qwen3Adapter
 from .qwen3_5 import Qwen3_5Adapter
 from .qwen3_moe import Qwen3MoeAdapter
@@ -21,6 +22,7 @@ ADAPTERS = {
     "gpt_oss": GptOssAdapter,
     "gemma4_text": Gemma4Adapter,
     "gemma4": Gemma4Adapter,  # the text path; mlx-lm loads gemma4_unified checkpoints with it too
+    "muse_glimmer": MuseGlimmerAdapter,  # the text tower
 }
 
 
@@ -34,6 +36,7 @@ def adapter_for(model) -> DecoderAdapter:
 
 
 __all__ = [
-    "ADAPTERS", "DFlashError", "DecoderAdapter", "Gemma4Adapter", "GptOssAdapter", "LlamaAdapter", "Qwen3Adapter",
-    "Qwen3MoeAdapter", "Qwen3NextAdapter", "Qwen3_5Adapter", "Verification", "adapter_for", "default_target_layer_ids",
+    "ADAPTERS", "DFlashError", "DecoderAdapter", "Gemma4Adapter", "GptOssAdapter", "LlamaAdapter",
+    "MuseGlimmerAdapter", "Qwen3Adapter", "Qwen3MoeAdapter", "Qwen3NextAdapter", "Qwen3_5Adapter", "Verification",
+    "adapter_for", "default_target_layer_ids",
 ]  # fmt: skip

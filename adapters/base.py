@@ -4,7 +4,9 @@ An adapter wraps a loaded mlx-lm model and runs the model's own layer modules it
 keep the hidden states of the tapped layers from the same pass that produces the logits. Nothing
 in mlx-lm is patched. What the decode loop uses:
 
-- `embed(tokens)` and `lm_head(hidden)`: the target's embedding and LM head (the drafter has none);
+- `embed(tokens)` and `lm_head(hidden)`: the target's embedding and LM head (the drafter has none;
+  `first_layer_input` and `finish_logits` are where a family's own call differs from them, and
+  `head_logits` is the head before `finish_logits`);
 - `make_cache()` and `verify(tokens, caches, layer_ids)`: one pass over a block of tokens that
   returns the final hidden states, the tapped states and `commit(n)`, which keeps the first n
   positions of the pass in the caches and forgets the rest (a rejected draft's tail);
@@ -103,16 +105,29 @@ class DecoderAdapter:
             raise DFlashError(f"{what} {list(layer_ids)}; the {model} has layers 0..{self.num_layers - 1}")
 
     def embed(self, tokens: mx.array) -> mx.array:
+        """The token embeddings the drafters embed their block with."""
         return self.decoder.embed_tokens(tokens)
+
+    def first_layer_input(self, tokens: mx.array) -> mx.array:
+        """What the first decoder layer receives for `tokens`: their embeddings, in most families."""
+        return self.embed(tokens)
 
     def lm_head(self, hidden: mx.array, rows: Optional[mx.array] = None) -> mx.array:
         """Logits from final-normed hidden states, exactly as the model's own __call__ does: its
-        LM head, or the tied embedding where it has none. With `rows` (`head_rows` of some
-        tokens), the logits of those tokens alone."""
+        head's (`head_logits`), finished as the family finishes them (`finish_logits`)."""
+        return self.finish_logits(self.head_logits(hidden, rows))
+
+    def head_logits(self, hidden: mx.array, rows: Optional[mx.array] = None) -> mx.array:
+        """What the LM head itself computes: the head, or the tied embedding where there is none.
+        With `rows` (`head_rows` of some tokens), the logits of those tokens alone."""
         if rows is not None:
             return hidden @ rows.T
         head = self.head_module
         return head(hidden) if head is not self.decoder.embed_tokens else head.as_linear(hidden)
+
+    def finish_logits(self, logits: mx.array) -> mx.array:
+        """What the family's __call__ does to its head's logits (Gemma 4's soft cap): nothing here."""
+        return logits
 
     @property
     def head_module(self) -> nn.Module:
@@ -139,7 +154,7 @@ class DecoderAdapter:
 
     def verify(self, tokens: mx.array, caches: list, layer_ids: Sequence[int]) -> Verification:
         """Run `tokens` [1, L] through the target, appending them to `caches`."""
-        h = self.embed(tokens)
+        h = self.first_layer_input(tokens)
         masks, wanted, recurrent = {}, {layer_id: None for layer_id in layer_ids}, []
         for i, (layer, cache, window) in enumerate(zip(self.layers, caches, self.windows)):
             kind = (type(cache), window)

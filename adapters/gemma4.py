@@ -8,7 +8,7 @@ Only the layers before the KV-shared ones have a cache (the family's `make_cache
 `commit` trims each underlying cache once; a shared layer reads the keys and values its source
 layer's cache returned in the same pass, as the model's own `__call__` passes them on."""
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import mlx.core as mx
 from mlx_lm.models.gemma4_text import logit_softcap
@@ -27,8 +27,7 @@ class Gemma4Adapter(DecoderAdapter):
         Gemma 4 (Gemma4TextScaledWordEmbedding) applies that scale itself."""
         return self.decoder.embed_tokens(tokens) * self.decoder.embed_scale
 
-    def lm_head(self, hidden: mx.array, rows: Optional[mx.array] = None) -> mx.array:
-        logits = super().lm_head(hidden, rows)
+    def finish_logits(self, logits: mx.array) -> mx.array:
         softcap = self.text_model.final_logit_softcapping
         return logits if softcap is None else logit_softcap(softcap, logits)
 

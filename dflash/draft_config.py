@@ -128,6 +128,11 @@ class DraftConfig:
         return self.selector_top_k is not None
 
     @property
+    def scales_logits(self) -> bool:
+        """Whether the drafter scales its head's logits itself (output_multiplier, final_logit_softcapping)."""
+        return self.output_multiplier != 1.0 or bool(self.final_logit_softcapping)
+
+    @property
     def rope_config(self) -> Optional[dict]:
         """The RoPE scaling settings mlx-lm's initialize_rope takes."""
         return self.rope_parameters or self.rope_scaling

@@ -50,12 +50,16 @@ class DFlashModel:
     @cached_property
     def draft_head(self):
         """The LM head the drafter's output goes through: the target's, restricted to the rows of
-        the drafter's vocabulary where it has one (taken once: the target's head is frozen)."""
+        the drafter's vocabulary where it has one (taken once: the target's head is frozen). A
+        drafter that scales its logits itself scales what the head computes, as z-lab's reference
+        does (a Muse Glimmer drafter repeats its target's multiplier and soft cap); any other takes
+        the target's logits as the target finishes them (Gemma 4's soft cap)."""
+        head = self.adapter.head_logits if self.draft.config.scales_logits else self.adapter.lm_head
         if not self.draft.config.draft_vocab_size:
-            return self.adapter.lm_head
+            return head
         rows = self.adapter.head_rows(self.draft.draft_vocab)
         mx.eval(rows)
-        return partial(self.adapter.lm_head, rows=rows)
+        return partial(head, rows=rows)
 
     @property
     def acceptance_rule(self) -> str:
@@ -157,12 +161,6 @@ def check_pair(adapter: DecoderAdapter, config: DraftConfig) -> None:
         raise DFlashError(f"drafter mask_token_id {config.mask_token_id} is outside the vocabulary")
     if config.block_size < 2:
         raise DFlashError(f"drafter block_size {config.block_size} is below 2")
-    # The drafter scales the logits of the target's LM head as z-lab's reference does, the raw
-    # head's; an adapter that post-processes its head's logits (Gemma's softcap) would scale twice.
-    scales = config.output_multiplier != 1.0 or config.final_logit_softcapping
-    if scales and type(adapter).lm_head is not DecoderAdapter.lm_head:
-        raise DFlashError(f"the {adapter.family} target's LM head scales its own logits; a drafter that scales "
-                          "them too (output_multiplier, final_logit_softcapping) is not supported")  # fmt: skip
 
 
 def quantize_draft(draft: DFlashDraftModel, bits: int) -> None:

@@ -40,7 +40,7 @@ class Preset:
     block_size: Union[int, str, None] = None  # None: the drafter's own
 
 
-# The published DFlash drafters (z-lab's collection) and their targets. The chat defaults follow the
+# The published DFlash and DFlash 2 drafters (z-lab's collections) and their targets. The chat defaults follow the
 # training: the Qwen3 drafters were trained with thinking off, the Qwen3.5/3.6 ones with it on (the
 # families' adapters default to that; `--thinking/--no-thinking` overrides).
 PRESETS = {
@@ -62,4 +62,7 @@ PRESETS = {
     "gemma-4-26b-a4b": Preset("google/gemma-4-26B-A4B-it", "z-lab/gemma-4-26B-A4B-it-DFlash"),
     # A gemma4_unified checkpoint, which mlx-lm loads with its gemma4 module.
     "gemma-4-12b": Preset("google/gemma-4-12B-it", "z-lab/gemma4-12B-it-DFlash"),
+    # DFlash 2 (block 16, in its config). Qwen3.8-27B's DFlash 2 drafter has none: its target's model
+    # type is not known here, and mlx-lm has no module named for it.
+    "muse-glimmer-30b": Preset("meta-models/Muse-Glimmer-30B", "z-lab/Muse-Glimmer-30B-DFlash2"),
 }

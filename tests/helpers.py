@@ -86,6 +86,9 @@ FAMILY_FIELDS = {
                     + ["sliding_attention"] * 2 + ["full_attention"], "num_kv_shared_layers": 2,
                     "global_head_dim": 32, "hidden_size_per_layer_input": 8, "vocab_size_per_layer_input": VOCAB_SIZE,
                     "tie_word_embeddings": False},
+    # Muse Glimmer: three sliding layers to one global layer without RoPE, the published untied head.
+    "muse_glimmer": {"sliding_window": 8, "layer_types": ["sliding_attention"] * 3 + ["full_attention"]
+                     + ["sliding_attention"] * 2, "tie_word_embeddings": False},
 }  # fmt: skip
 
 

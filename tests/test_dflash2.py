@@ -11,6 +11,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
+from mlx_lm.models import muse_glimmer
 from safetensors.numpy import save_file
 
 import dflash
@@ -28,6 +29,9 @@ from eval.cli import main as eval_main
 from tests.helpers import FLOAT32_EPS, OracleProposals, save_target, target_config
 
 SMALL_VOCAB = 8  # a random drafter's proposals are then often what the target would say
+# The published Muse Glimmer DFlash 2 drafter's config repeats its target's logit multiplier and soft cap.
+MUSE_SCALING = {"output_multiplier": muse_glimmer.ModelArgs.output_multiplier,
+                "final_logit_softcapping": muse_glimmer.ModelArgs.final_logit_softcapping}  # fmt: skip
 
 
 def published_config(target: dict, *, layers=2, block_size=8, top_k=4, rank=8, group=16, **overrides) -> dict:
@@ -160,22 +164,28 @@ def test_logits_are_scaled_and_softcapped_as_the_config_says(pairs):
 
 def test_only_dflash2_drafters_scale_their_logits(pairs):
     """A DFlash config copying its target's top-level final_logit_softcapping keeps it as an extra
-    field; a target whose head scales its own logits refuses a drafter that scales them too."""
+    field."""
     model, _ = dflash.load(*pairs("llama", final_logit_softcapping=3.0))
     published = {**model.draft.config.to_dict(), "architectures": ["DFlashDraftModel"], "block_size": 8,
                  "final_logit_softcapping": 30.0, "dflash_config": {"target_layer_ids": [1, 4], "mask_token_id": 2}}
     v1 = DraftConfig.from_dict(published)
     assert v1.final_logit_softcapping is None and v1.extra["final_logit_softcapping"] == 30.0
 
-    class SoftcappedHead(type(model.adapter)):
-        def lm_head(self, hidden):
-            return mx.tanh(super().lm_head(hidden))
-
-    adapter = SoftcappedHead.__new__(SoftcappedHead)
-    adapter.__dict__.update(model.adapter.__dict__)
-    with pytest.raises(DFlashError, match="target's LM head scales its own logits; a drafter that scales them too"):
-        check_pair(adapter, model.draft.config)
     check_pair(model.adapter, model.draft.config)
+
+
+def test_a_drafter_that_scales_its_logits_scales_the_heads_own_once(pairs):
+    """A Muse Glimmer target finishes its head's logits (multiplier, then soft cap) and its published
+    DFlash 2 drafter repeats both in its config: the drafter scales what the head computes, so its
+    logits are the target's own, not scaled twice. A drafter that does not scale takes the target's
+    finished logits as they are."""
+    scaling, _ = dflash.load(*pairs("muse_glimmer", **MUSE_SCALING))
+    plain, _ = dflash.load(*pairs("muse_glimmer"))
+    hidden = mx.random.normal((1, 3, 64))
+    for model in (scaling, plain):
+        logits, _ = model.draft.finish_block(hidden, model.draft_head, mx.array([5]))
+        assert mx.array_equal(logits, model.adapter.lm_head(hidden))
+    assert not mx.array_equal(scaling.adapter.lm_head(hidden), scaling.adapter.head_logits(hidden))
 
 
 def test_input_embedding_scale_scales_the_block(pairs):
@@ -277,11 +287,13 @@ def small_prompt(length, seed=0):
     return np.random.default_rng(seed).integers(3, SMALL_VOCAB, length).tolist()
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "qwen3", "muse_glimmer"])
 def test_greedy_decoding_equals_plain_greedy_decoding(pairs, family):
     """The selector proposes (random drafters over a small vocabulary are accepted now and then);
-    the oracle drives full, partial and no accepts through the DFlash 2 drafter's caches."""
-    model, tokenizer = dflash.load(*pairs(family, vocab_size=SMALL_VOCAB, top_k=4))
+    the oracle drives full, partial and no accepts through the DFlash 2 drafter's caches. On Muse
+    Glimmer with the published drafter's scaling of its logits."""
+    scaling = MUSE_SCALING if family == "muse_glimmer" else {}
+    model, tokenizer = dflash.load(*pairs(family, vocab_size=SMALL_VOCAB, top_k=4, **scaling))
     tokenizer.eos_token_ids = set()
     accepted = 0
     for seed, length in enumerate([1, 9, 40]):

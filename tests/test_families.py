@@ -1,21 +1,23 @@
 """The families beyond dense Llama/Qwen3: MoE (qwen3_moe), hybrid GatedDeltaNet + attention
-(qwen3_next, qwen3_5, qwen3_5_moe) and sliding-window attention with sinks (gpt_oss). Greedy
+(qwen3_next, qwen3_5, qwen3_5_moe), sliding-window attention with sinks (gpt_oss), Gemma 4 and
+Muse Glimmer (sliding and global layers, soft-capped logits). Greedy
 DFlash output must equal mlx-lm's plain greedy decoding token for token, and every cache a
 rollback leaves must be the one plain decoding of the committed tokens leaves."""
 
 import mlx.core as mx
 import pytest
-from mlx_lm.models.cache import ArraysCache, KVCache
+from mlx_lm.models.cache import ArraysCache, KVCache, make_prompt_cache
 
 import dflash
 from adapters import ADAPTERS
 from dflash.generate import generate
 from tests.helpers import OracleProposals, assert_same_up_to_rounding, decode_alone, prompt_of, rounding_bound
 
-FAMILIES = ["qwen3_moe", "qwen3_next", "qwen3_5", "qwen3_5_moe", "gpt_oss", "gemma4_text"]
-# The fast tier keeps a hybrid (recurrent rollback) and a sliding-window MoE; the full suite runs all.
-TIERED = [family if family in ("qwen3_next", "gpt_oss") else pytest.param(family, marks=pytest.mark.slow)
-          for family in FAMILIES]  # fmt: skip
+FAMILIES = ["qwen3_moe", "qwen3_next", "qwen3_5", "qwen3_5_moe", "gpt_oss", "gemma4_text", "muse_glimmer"]
+# The fast tier keeps a hybrid (recurrent rollback), a sliding-window MoE and a family that finishes
+# its logits (Muse Glimmer); the full suite runs all.
+FAST = ("qwen3_next", "gpt_oss", "muse_glimmer")
+TIERED = [family if family in FAST else pytest.param(family, marks=pytest.mark.slow) for family in FAMILIES]
 
 
 def check_exact(model, tokenizer, prompt, max_tokens, block_size=None, miss_every=None):
@@ -57,6 +59,21 @@ def test_max_token_boundary_and_eos_inside_an_accepted_block(make_pair, family):
     tokenizer.eos_token_ids = {eos}
     result = check_exact(model, tokenizer, prompt, 40, miss_every=1000)
     assert result.tokens == free_run[: free_run.index(eos)] and result.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("family", TIERED)
+def test_the_adapters_logits_are_the_models_own(make_pair, family):
+    """A prompt longer than the sliding windows, then a block: the adapter's pass through its caches
+    (plain KV caches, the window in the mask) gives the logits of the model's own call on mlx-lm's
+    caches, finished as the family finishes them (Gemma 4's soft cap, Muse Glimmer's multiplier and
+    soft cap)."""
+    model, _ = dflash.load(*make_pair(family))
+    adapter = model.adapter
+    ours, theirs = adapter.make_cache(), make_prompt_cache(model.target)
+    for tokens in (prompt_of(30, seed=1), prompt_of(5, seed=2)):
+        logits = adapter.lm_head(adapter.verify(mx.array([tokens]), ours, [0]).hidden)
+        expected = model.target(mx.array([tokens]), cache=theirs)
+        assert_same_up_to_rounding(logits, expected, rounding_bound(adapter, 35, expected))
 
 
 def cache_arrays(cache) -> list:
@@ -126,6 +143,6 @@ def test_every_published_pair_has_a_preset():
                  "Qwen/Qwen3.5-122B-A10B", "Qwen/Qwen3.6-27B", "Qwen/Qwen3.6-35B-A3B", "Qwen/Qwen3-Coder-Next",
                  "Qwen/Qwen3-Coder-30B-A3B-Instruct", "openai/gpt-oss-20b", "openai/gpt-oss-120b", "Qwen/Qwen3-4B",
                  "Qwen/Qwen3-8B", "meta-llama/Llama-3.1-8B-Instruct", "google/gemma-4-31B-it",
-                 "google/gemma-4-26B-A4B-it", "google/gemma-4-12B-it"}  # fmt: skip
+                 "google/gemma-4-26B-A4B-it", "google/gemma-4-12B-it", "meta-models/Muse-Glimmer-30B"}  # fmt: skip
     assert {preset.target for preset in PRESETS.values()} == published
     assert resolve_pair(None, None, "qwen3.5-4b").draft == "z-lab/Qwen3.5-4B-DFlash"

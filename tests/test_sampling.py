@@ -144,7 +144,7 @@ class TableDrafter:
     def __init__(self, rows: np.ndarray):
         self.rows = rows
         self.config = SimpleNamespace(block_size=len(rows), target_layer_ids=[0], mask_token_id=0,
-                                      draft_vocab_size=None)
+                                      draft_vocab_size=None, scales_logits=False)
 
     def make_cache(self, context_window=None):
         return None
