@@ -65,4 +65,5 @@ PRESETS = {
     # DFlash 2 (block 16, in its config). Qwen3.8-27B's DFlash 2 drafter has none: its target's model
     # type is not known here, and mlx-lm has no module named for it.
     "muse-glimmer-30b": Preset("meta-models/Muse-Glimmer-30B", "z-lab/Muse-Glimmer-30B-DFlash2"),
+    "qwen3.6-35b-a3b-dflash2": Preset("Qwen/Qwen3.6-35B-A3B", "incoai/Qwen3.6-35B-A3B-DFlash2"),
 }
