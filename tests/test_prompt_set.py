@@ -141,6 +141,8 @@ def test_the_ship_stage_copies_what_the_stages_made_under_the_shipped_names(tmp_
     drafter = json.loads((out / DEFAULT_DRAFT.name / "train_config.json").read_text())
     assert drafter["results"] == {"final": {"step": 401, "loss": 3.0}, "tau": {"400": 1.4}}
     assert drafter["commands"]["drafter"].startswith("dflash-train run --target ")
+    assert str(REPO) not in json.dumps(drafter)  # the checkout's paths from its root
+    assert "--prompts train/data/prompts/train.jsonl" in drafter["commands"]["answers"]
     drafter2 = json.loads((out / DFLASH2_DRAFT.name / "train_config.json").read_text())
     assert (out / DFLASH2_DRAFT.name / "model.safetensors").read_text() == "drafter2"
     assert drafter2["results"]["tau"] == {"400": 1.6} and "--dflash2" in drafter2["commands"]["drafter2"]

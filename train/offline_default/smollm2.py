@@ -62,6 +62,7 @@ from ..router import main as train_router
 MAX_NEW_TOKENS = 256
 BATCH_SIZE = 64
 ANSWERS = PROMPT_FILE.parent.parent / "smollm2"
+REPO = Path(__file__).resolve().parents[2]
 
 MAX_LENGTH_ARGS = ["--max-length", "512"]
 SHAPE_ARGS = ["--draft-layers", "2", *MAX_LENGTH_ARGS]
@@ -163,10 +164,12 @@ def ship(answers: str, work_dir: Path, out: Path) -> None:
     fast_results = json.loads((run_dir(work_dir, "fast") / SUMMARY_FILE).read_text())
     copies.append((made["fast"], DEFAULT_FAST.name, ("answers", "fast"), fast_results))
     for source, name, stages, results in copies:
-        commands = {stage: command_line(stage, answers, work_dir) for stage in stages}
+        # Paths inside the checkout are written from its root, so the record reads the same in any clone.
+        commands = {stage: command_line(stage, answers, work_dir).replace(f"{REPO}/", "") for stage in stages}
         with atomic_directory(out / name) as partial:
             shutil.copytree(source, partial, dirs_exist_ok=True)
-            train_config = {"recipe": "python -m train.offline_default", "commands": commands, "results": results}
+            train_config = {"recipe": "python -m train.offline_default", "run_from": "the repository's root",
+                            "commands": commands, "results": results}  # fmt: skip
             (partial / "train_config.json").write_text(json.dumps(train_config, indent=2) + "\n")
     for path in (probe, probe.with_suffix(".json")):
         shutil.copyfile(path, out / path.name)
