@@ -40,9 +40,10 @@ class Preset:
     block_size: Union[int, str, None] = None  # None: the drafter's own
 
 
-# The published DFlash and DFlash 2 drafters (z-lab's collections) and their targets. The chat defaults follow the
-# training: the Qwen3 drafters were trained with thinking off, the Qwen3.5/3.6 ones with it on (the
-# families' adapters default to that; `--thinking/--no-thinking` overrides).
+# The published DFlash and DFlash 2 drafters (z-lab's and Inco AI's collections) and their targets.
+# The chat defaults follow the training: the Qwen3 drafters were trained with thinking off, the
+# Qwen3.5/3.6 ones with it on (the families' adapters default to that; `--thinking/--no-thinking`
+# overrides).
 PRESETS = {
     "llama3.1-8b": Preset("meta-llama/Llama-3.1-8B-Instruct", "z-lab/LLaMA3.1-8B-Instruct-DFlash-UltraChat", 10),
     "qwen3-4b": Preset("Qwen/Qwen3-4B", "z-lab/Qwen3-4B-DFlash-b16", 16),

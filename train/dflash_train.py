@@ -42,9 +42,8 @@ from .schedule import batch_of_step, learning_rate_schedule
 MASK_TOKEN_NAMES = ("<|mask|>", "<|MASK|>", "<mask>", "[MASK]")
 # A DFlash 2 run's drafter sizes and loss weight: recorded in its resume settings (only when on).
 DFLASH2_SETTINGS = ("selector_rank", "selector_top_k", "conv_group_size", "conv_kernel_size", "selector_weight")
-# Settings a resumed run must share with the run it continues; the others may change.
 DRAFTER_DIR = "drafter"  # where a finished run saves its drafter (RUN/drafter)
-
+# Settings a resumed run must share with the run it continues; the others may change.
 TRAJECTORY_FIELDS = (
     "target", "data", "draft_layers", "block_size", "target_layer_ids", "mask_token_id", "anchors", "gamma",
     "max_length", "epochs", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "residual_init_scale", "seed",
