@@ -95,7 +95,7 @@ def test_the_recipe_answers_the_shipped_prompts_with_the_installed_gguf_and_trai
     assert pilot.out != drafter.out and drafter.draft_vocab and not pilot.draft_vocab
     fast = build_fast_model_parser().parse_args(stage_argv("fast", "out", tmp_path))
     data = ("target", "data", "max_length", "sequences")
-    assert [getattr(fast, k) for k in data] == [getattr(pilot, k) for k in data]
+    assert [getattr(fast, k) for k in data] == [getattr(drafter, k) for k in data]
     assert fast.out not in (drafter.out, pilot.out, hidden.out)
     # The DFlash 2 drafter: the DFlash drafter's command with DFlash 2 on, into a run of its own.
     drafter2 = build_parser().parse_args(stage_argv("drafter2", "out", tmp_path))
