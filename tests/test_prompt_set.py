@@ -126,7 +126,7 @@ def test_the_ship_stage_copies_what_the_stages_made_under_the_shipped_names(tmp_
         "fast-run/fast-model/model.safetensors": "fast",
         "fast-run/summary.json": '{"keep": [27, 28, 29]}',
         "router-probe.safetensors": "probe",
-        "router-probe.json": "{}",
+        "router-probe.json": json.dumps({"data": str(REPO / "eval/suites/routing_train.jsonl")}),
     }
 
     def write(name):
@@ -143,6 +143,8 @@ def test_the_ship_stage_copies_what_the_stages_made_under_the_shipped_names(tmp_
     assert (out / DEFAULT_DRAFT.name / "model.safetensors").read_text() == "drafter"
     assert (out / DEFAULT_FAST.name / "model.safetensors").read_text() == "fast"
     assert (out / DEFAULT_ROUTER_PROBE.name).read_text() == "probe"
+    probe_record = json.loads((out / DEFAULT_ROUTER_PROBE.with_suffix(".json").name).read_text())
+    assert probe_record == {"data": "eval/suites/routing_train.jsonl"}
     drafter = json.loads((out / DEFAULT_DRAFT.name / "train_config.json").read_text())
     assert drafter["results"] == {"final": {"step": 401, "loss": 3.0}, "tau": {"400": 1.4}}
     assert drafter["commands"]["drafter"].startswith("dflash-train run --target ")

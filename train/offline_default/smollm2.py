@@ -152,6 +152,12 @@ def drafter_results(run: Path) -> dict:
     return {"final": metrics[-1], "tau": {m["step"]: m["tau"] for m in metrics if "tau" in m}}
 
 
+def from_repo(text: str) -> str:
+    """`text` with the paths inside the checkout written from its root, so a shipped record reads the
+    same in any clone."""
+    return text.replace(f"{REPO}/", "")
+
+
 def ship(answers: str, work_dir: Path, out: Path) -> None:
     """Copy the trained drafters, fast model and probe from `work_dir` to `out`, under the names
     dflash/presets.py gives them, each with the commands and results that made it."""
@@ -166,15 +172,14 @@ def ship(answers: str, work_dir: Path, out: Path) -> None:
     fast_results = json.loads((run_dir(work_dir, "fast") / SUMMARY_FILE).read_text())
     copies.append((made["fast"], DEFAULT_FAST.name, ("answers", "fast"), fast_results))
     for source, name, stages, results in copies:
-        # Paths inside the checkout are written from its root, so the record reads the same in any clone.
-        commands = {stage: command_line(stage, answers, work_dir).replace(f"{REPO}/", "") for stage in stages}
+        commands = {stage: from_repo(command_line(stage, answers, work_dir)) for stage in stages}
         with atomic_directory(out / name) as partial:
             shutil.copytree(source, partial, dirs_exist_ok=True)
             train_config = {"recipe": "python -m train.offline_default", "run_from": "the repository's root",
                             "commands": commands, "results": results}  # fmt: skip
             (partial / "train_config.json").write_text(json.dumps(train_config, indent=2) + "\n")
-    for path in (probe, probe.with_suffix(".json")):
-        shutil.copyfile(path, out / path.name)
+    shutil.copyfile(probe, out / probe.name)
+    (out / probe.with_suffix(".json").name).write_text(from_repo(probe.with_suffix(".json").read_text()))
     print(f"shipped {', '.join(copy[1] for copy in copies)} and {probe.name} to {out}", flush=True)
 
 
