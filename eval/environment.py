@@ -10,11 +10,10 @@ from typing import Dict, Optional
 
 import mlx.core as mx
 
+from adapters.loading import resolve_path
 from dflash import blas
 from dflash.files import file_sha256
-from adapters.loading import resolve_path
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from dflash.presets import CHECKOUT
 
 
 def environment(checkpoints: Dict[str, Optional[str]], dtype: str, suite_hash: str, seed: int) -> dict:
@@ -51,10 +50,10 @@ def git_state():
     """(commit, whether the working tree has uncommitted changes), or (None, None) outside git."""
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+            ["git", "rev-parse", "HEAD"], cwd=CHECKOUT, capture_output=True, text=True, check=True
         ).stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+            ["git", "status", "--porcelain"], cwd=CHECKOUT, capture_output=True, text=True, check=True
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None, None

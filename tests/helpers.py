@@ -21,10 +21,11 @@ from adapters import default_target_layer_ids
 from dflash.acceptance import GreedyAcceptance
 from dflash.loading import save_draft
 from dflash.model import DFlashDraftModel, DraftConfig
+from dflash.presets import CHECKOUT
 from train.data import regenerate
 from train.dflash_train import TrainConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = CHECKOUT
 
 VOCAB_SIZE = 512
 DRAFT_VOCAB = tuple(sorted(random.Random(0).sample(range(VOCAB_SIZE), VOCAB_SIZE // 4)))  # a draft vocabulary

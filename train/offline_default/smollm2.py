@@ -44,6 +44,7 @@ from pathlib import Path
 
 from dflash.files import atomic_directory  # first: `import dflash` loads OpenBLAS before mlx
 from dflash.presets import (
+    CHECKOUT,
     CHECKPOINTS,
     DEFAULT_DRAFT,
     DEFAULT_FAST,
@@ -62,7 +63,6 @@ from ..router import main as train_router
 MAX_NEW_TOKENS = 256
 BATCH_SIZE = 64
 ANSWERS = PROMPT_FILE.parent.parent / "smollm2"
-REPO = Path(__file__).resolve().parents[2]
 
 MAX_LENGTH_ARGS = ["--max-length", "512"]
 SHAPE_ARGS = ["--draft-layers", "2", *MAX_LENGTH_ARGS]
@@ -155,7 +155,7 @@ def drafter_results(run: Path) -> dict:
 def from_repo(text: str) -> str:
     """`text` with the paths inside the checkout written from its root, so a shipped record reads the
     same in any clone."""
-    return text.replace(f"{REPO}/", "")
+    return text.replace(f"{CHECKOUT}/", "")
 
 
 def ship(answers: str, work_dir: Path, out: Path) -> None:
