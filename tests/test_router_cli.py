@@ -232,5 +232,7 @@ def test_shipped_probe_fits_the_shipped_fast_model_and_keeps_expert_recall():
     examples = read_labeled_prompts(SUITES / "routing_test.jsonl")
     routes = [router.route(e.prompt).route for e in examples]
     experts = [route for e, route in zip(examples, routes) if e.label == EXPERT]
-    assert experts.count(EXPERT) / len(experts) >= 0.88
-    assert sum(e.label == route for e, route in zip(examples, routes)) / len(examples) >= 0.8
+    # Measured here: 57 of the 58 expert prompts routed expert, 106 of the 116 prompts routed right;
+    # the floors let two expert prompts and five prompts in all flip on another CPU's rounding.
+    assert len(experts) == 58 and experts.count(EXPERT) >= 57 - 2
+    assert sum(e.label == route for e, route in zip(examples, routes)) >= 106 - 5
