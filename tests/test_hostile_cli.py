@@ -206,6 +206,6 @@ def test_a_missing_offline_default_is_one_line(tmp_path, monkeypatch, capsys):
     error = capsys.readouterr().err
     assert re.fullmatch(r"dflash-mlx: error: the offline default target .* is not installed .*\n", error)
     (tmp_path / "SmolLM2.gguf").write_bytes(b"")
-    monkeypatch.setattr("dflash.engine.DEFAULT_DRAFT", tmp_path / "smollm2-dflash")
+    monkeypatch.setattr("dflash.engine.DEFAULT_DRAFT", tmp_path / "drafter")
     assert cli_main([]) == 2
     assert re.fullmatch(r"dflash-mlx: error: the offline default drafter is not in .*\n", capsys.readouterr().err)

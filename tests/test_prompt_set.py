@@ -111,7 +111,7 @@ def test_the_recipe_answers_the_shipped_prompts_with_the_installed_gguf_and_trai
 
 
 def test_the_ship_stage_copies_what_the_stages_made_under_the_shipped_names(tmp_path):
-    from dflash.presets import DEFAULT_DRAFT, DEFAULT_FAST, DEFAULT_ROUTER_PROBE, DFLASH2_DRAFT
+    from dflash.presets import DEFAULT_DRAFT, DEFAULT_FAST, DEFAULT_ROUTER_PROBE, DFLASH_DRAFT
     from train.offline_default.smollm2 import main
 
     work, out = tmp_path / "work", tmp_path / "checkpoints"
@@ -140,18 +140,18 @@ def test_the_ship_stage_copies_what_the_stages_made_under_the_shipped_names(tmp_
         main(["--stage", "ship", "--work-dir", str(work), "--out", str(out)])  # the DFlash 2 drafter ships too
     write(dflash2_drafter)
     assert main(["--stage", "ship", "--work-dir", str(work), "--out", str(out)]) == 0
-    assert (out / DEFAULT_DRAFT.name / "model.safetensors").read_text() == "drafter"
+    assert (out / DFLASH_DRAFT.name / "model.safetensors").read_text() == "drafter"
     assert (out / DEFAULT_FAST.name / "model.safetensors").read_text() == "fast"
     assert (out / DEFAULT_ROUTER_PROBE.name).read_text() == "probe"
     probe_record = json.loads((out / DEFAULT_ROUTER_PROBE.with_suffix(".json").name).read_text())
     assert probe_record == {"data": "eval/suites/routing_train.jsonl"}
-    drafter = json.loads((out / DEFAULT_DRAFT.name / "train_config.json").read_text())
+    drafter = json.loads((out / DFLASH_DRAFT.name / "train_config.json").read_text())
     assert drafter["results"] == {"final": {"step": 401, "loss": 3.0}, "tau": {"400": 1.4}}
     assert drafter["commands"]["drafter"].startswith("dflash-train run --target ")
     assert str(REPO) not in json.dumps(drafter)  # the checkout's paths from its root
     assert "--prompts train/data/prompts/train.jsonl" in drafter["commands"]["answers"]
-    drafter2 = json.loads((out / DFLASH2_DRAFT.name / "train_config.json").read_text())
-    assert (out / DFLASH2_DRAFT.name / "model.safetensors").read_text() == "drafter2"
+    drafter2 = json.loads((out / DEFAULT_DRAFT.name / "train_config.json").read_text())
+    assert (out / DEFAULT_DRAFT.name / "model.safetensors").read_text() == "drafter2"
     assert drafter2["results"]["tau"] == {"400": 1.6} and "--dflash2" in drafter2["commands"]["drafter2"]
     fast = json.loads((out / DEFAULT_FAST.name / "train_config.json").read_text())
     assert fast["results"] == {"keep": [27, 28, 29]} and "fast" in fast["commands"]

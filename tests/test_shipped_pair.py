@@ -31,8 +31,9 @@ def test_shipped_drafter_is_exact_and_accepts_blocks_on_heldout_prompts(shipped)
         assert result.tokens == plain, prompt.prompt
         lengths += result.stats.acceptance_lengths
     # Greedy fp32 decoding is deterministic. A drafter that never guesses right accepts exactly 1
-    # token a step; the shipped one accepts more (its tau on the bench: README, the offline default).
-    assert sum(lengths) / len(lengths) > 1.15
+    # token a step; the shipped one accepts more: 1.52 here (the DFlash drafter trained beside it
+    # 1.48; their tau on the bench: README, the offline default).
+    assert sum(lengths) / len(lengths) > 1.3
 
 
 def test_the_default_engine_decodes_with_auto_block_size_exactly():

@@ -50,7 +50,7 @@ from dflash.presets import (
     DEFAULT_FAST,
     DEFAULT_ROUTER_PROBE,
     DEFAULT_TARGET,
-    DFLASH2_DRAFT,
+    DFLASH_DRAFT,
 )
 
 from ..cli import main as dflash_train
@@ -143,7 +143,7 @@ def run_stage(stage: str, answers: str, work_dir: Path, pilot: bool) -> int:
 
 
 # The drafter stages and the names their drafters ship under.
-SHIPPED_DRAFTERS = {"drafter": DEFAULT_DRAFT.name, "drafter2": DFLASH2_DRAFT.name}
+SHIPPED_DRAFTERS = {"drafter": DFLASH_DRAFT.name, "drafter2": DEFAULT_DRAFT.name}
 
 
 def drafter_results(run: Path) -> dict:
