@@ -148,9 +148,25 @@ def test_a_load_error_at_server_startup_exits_2_with_one_line_every_time(pair):
         assert "terminate" not in done.stderr and "Traceback" not in done.stderr
 
 
+# `dflash-mlx` taking a second for every step after the first: a tiny model would otherwise finish
+# its 200 tokens before the ^C or the closed pipe reaches it, and exit 0.
+ONE_STEP_A_SECOND = """
+import importlib, sys, time
+from dflash.cli import main
+responder = importlib.import_module("dflash.generate").Responder
+respond = responder.__call__
+def one_step_a_second(self, committed):
+    if self.started:
+        time.sleep(1)
+    return respond(self, committed)
+responder.__call__ = one_step_a_second
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.slow
 def test_interrupt_and_broken_pipe_exit_cleanly(pair):
-    command = [sys.executable, "-m", "dflash.cli", *pair, "--no-chat", "--max-new-tokens", "200", "--stream"]
+    command = [sys.executable, "-c", ONE_STEP_A_SECOND, *pair, "--no-chat", "--max-new-tokens", "200", "--stream"]
     interrupted = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     interrupted.stdout.read(1)  # generating
     interrupted.send_signal(signal.SIGINT)
