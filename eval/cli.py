@@ -37,6 +37,7 @@ from .router import add_router
 from .serve_load import add_serve_load
 from .steps import add_steps
 from .suites import DEFAULT_SUITES, HUB_SUITES, PACKAGED_SUITES, SHIPPED_SUITES, load_suites, suite_hash
+from .target_loops import add_loops
 
 
 def add_bench(subcommands) -> None:
@@ -142,7 +143,8 @@ def acceptance_rule(text: str) -> str:
     return text
 
 
-SUBCOMMANDS = [add_bench, add_router, add_serve_load, add_batch, add_steps, add_prefix_cache, add_curves]
+SUBCOMMANDS = [add_bench, add_router, add_serve_load, add_batch, add_steps, add_prefix_cache, add_curves,
+               add_loops]
 
 
 def load_mlx_draft(path: str, tokenizer, dtype: str, dequantize: str):

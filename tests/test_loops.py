@@ -1,10 +1,15 @@
 """Loops in generated tokens (eval/loops.py) and their figures in the benchmark report."""
 
+import json
+
 import pytest
 
 import dflash
+from adapters import adapter_for
+from adapters.loading import load_target
 from dflash.generate import encode_prompt
 from eval.bench import DFLASH, PLAIN, Run, analyse
+from eval.cli import main as eval_main
 from eval.environment import environment
 from eval.loops import MIN_RUN, cycle_spans, loop_figures
 from eval.report import build_report, markdown
@@ -117,3 +122,25 @@ def test_the_report_carries_the_loops_of_every_method(loop_report):
     assert "| loop share |" in text and "| 25% (1/2 prompts) |" in text
     assert "## Loops" in text
     assert "| tiny/loop | 30 (50%) | 30 (50%) |" in text and "tiny/plain" not in text
+
+
+@pytest.mark.slow  # a whole run of the command
+def test_the_loops_command_measures_the_targets_own_greedy_output_per_suite(make_pair, tmp_path):
+    target, _ = make_pair("llama")
+    suites = {"code": ["def add(a, b):", "x = 1", "for i in range(3):"], "prose": ["The quick brown fox", "Once"]}
+    for name, texts in suites.items():
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"prompt": text}) + "\n" for text in texts))
+    out = tmp_path / "report"
+    eval_main(["loops", "--target-model", target, "--suite", str(tmp_path / "code.jsonl"), "--suite",
+               str(tmp_path / "prose.jsonl"), "--no-chat", "--max-tokens", "40", "--batch-size", "1",
+               "--out", str(out)])  # fmt: skip
+    report = json.loads((out / "report.json").read_text())["suites"]
+
+    # One row at a time, mlx-lm's batched decoding is plain greedy decoding, one prompt after another.
+    model, tokenizer = load_target(target)
+    plain = {name: [dflash.generate(adapter_for(model), tokenizer, text, 40).tokens for text in texts]
+             for name, texts in suites.items()}  # fmt: skip
+    plain["all"] = plain["code"] + plain["prose"]
+    for name, outputs in plain.items():
+        assert report[name] == {"prompts": len(outputs), "tokens": sum(map(len, outputs)), **loop_figures(outputs)}
+    assert "| prose | 2 |" in (out / "report.md").read_text()
