@@ -37,6 +37,9 @@ class DFlashModel:
     target: nn.Module
     adapter: DecoderAdapter
     draft: DFlashDraftModel
+    # A DFlash 2 drafter's rules that propose the argmax take its selector's path; False: its own
+    # argmax, as a DFlash drafter's do (an ablation: what the selector adds).
+    selector: bool = True
 
     @property
     def block_size(self) -> int:
@@ -84,7 +87,7 @@ class DFlashModel:
         logits, path = self.draft.finish_block(hidden, self.draft_head, mx.array(lasts))
         proposals = []
         for i, (rule, state, size) in enumerate(zip(acceptances, states, sizes)):
-            if path is not None and type(rule).propose in PROPOSES_THE_ARGMAX:
+            if path is not None and self.selector and type(rule).propose in PROPOSES_THE_ARGMAX:
                 proposed = path[i, : size - 1]
             else:
                 proposed = rule.propose(logits[i, : size - 1], state)

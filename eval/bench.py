@@ -46,15 +46,17 @@ class Variant:
     acceptance: str = TODAYS_RULE  # the rule at temperature > 0
     draft_window: Optional[int] = None  # None: the drafter sees the whole context
     draft_model: Optional[str] = None  # None: the bench's drafter; else the path of another one
+    selector: bool = True  # False: a DFlash 2 drafter proposes its own argmax, not its selector's path
 
     @property
     def name(self) -> str:
-        """DFLASH for today's behaviour, else e.g. "dflash b=4 argmax", "dflash window=64" or
-        "dflash draft=PATH"."""
+        """DFLASH for today's behaviour, else e.g. "dflash b=4 argmax", "dflash window=64",
+        "dflash draft=PATH" or "dflash no-selector"."""
         parts = [f"b={self.block_size}"] if self.block_size is not None else []
         parts += [self.acceptance] if self.acceptance != TODAYS_RULE else []
         parts += [f"window={self.draft_window}"] if self.draft_window is not None else []
         parts += [f"draft={self.draft_model}"] if self.draft_model is not None else []
+        parts += [] if self.selector else ["no-selector"]
         return " ".join([DFLASH] + parts)
 
 
@@ -156,6 +158,7 @@ def run_benchmark(
     }
     for variant in variants:
         drafted = model if variant.draft_model is None else replace(model, draft=compared_drafters[variant.draft_model])
+        drafted = drafted if variant.selector else replace(drafted, selector=False)
         methods[variant.name] = partial(run_dflash, drafted, tokenizer, max_tokens=max_tokens, variant=variant,
                                         sampling=sampling)  # fmt: skip
     if mlx_draft_model is not None:

@@ -89,6 +89,11 @@ def add_bench(subcommands) -> None:
         "the drafter sees only the last N committed positions",
     )
     parser.add_argument(
+        "--without-selector", action="store_true",
+        help="also run the DFlash 2 drafter proposing its own argmax instead of its selector's path: what the "
+        "selector adds",
+    )
+    parser.add_argument(
         "--temperature", type=float, default=0.0,
         help="0 (default): greedy, with exactness against plain decoding; above 0 every method samples, each "
         "prompt and repeat from the same seed",
@@ -172,6 +177,10 @@ def bench(args, argv: List[str]) -> None:
     variants = dflash_variants(args.block_size, args.acceptance, model.block_size, sampling.greedy, args.draft_window)
     compared = {path: load_draft_for(model.adapter, path, args.quantize_draft) for path in args.compare_draft_model}
     variants += [Variant(draft_model=path) for path in compared]
+    if args.without_selector:
+        if not model.draft.config.dflash2:
+            raise DFlashError(f"--without-selector needs a DFlash 2 drafter; '{args.draft_model}' has no path selector")
+        variants.append(Variant(selector=False))
     checkpoints = {"target": args.target_model, "draft": args.draft_model, "mlx_draft": args.mlx_draft_model}
     env = environment(checkpoints, model.dtype, suite_hash(prompts), args.seed)
 

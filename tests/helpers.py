@@ -1,5 +1,6 @@
 """What the tests share: tiny random targets and drafters saved to disk and loaded through the
-real loaders, random prompts, an oracle proposer, and tiny regenerated training data.
+real loaders, random prompts, an oracle proposer, tiny regenerated training data, and DFlash 2
+drafters in the published format.
 
     uv run python -m tests.helpers OUT_DIR [FAMILY [CONFIG_JSON]]   # writes OUT_DIR/{target,draft}
 """
@@ -15,6 +16,7 @@ import dflash  # noqa: F401  (OpenBLAS before mlx)
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten, tree_map
+from safetensors.numpy import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from adapters import default_target_layer_ids
@@ -260,6 +262,87 @@ def metrics(run_dir: Path) -> list:
 
 def weights(directory: Path) -> dict:
     return mx.load(str(directory / "model.safetensors"))
+
+
+# DFlash 2 drafters as the published ones are written: z-lab's config fields, safetensors names and
+# shapes, sharded.
+
+
+def published_config(target: dict, *, layers=2, block_size=8, top_k=4, rank=8, group=16, **overrides) -> dict:
+    """config.json as the published DFlash 2 drafters have it (z-lab's fixture's fields)."""
+    config = {
+        "architectures": ["DFlash2DraftModel"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "is_causal": False,
+        "dflash_config": {
+            "block_size": block_size, "conv_group_size": group, "conv_kernel_size": 2, "mask_token_id": 2,
+            "selector_rank": rank, "selector_top_k": top_k,
+            "target_layer_ids": default_target_layer_ids(target["num_hidden_layers"], layers),
+        },
+        "dtype": "float32", "head_dim": 16, "hidden_act": "silu", "hidden_size": target["hidden_size"],
+        "intermediate_size": 96, "layer_types": ["full_attention"] * layers, "max_position_embeddings": 1024,
+        "model_type": "qwen3", "num_attention_heads": 4, "num_hidden_layers": layers, "num_key_value_heads": 2,
+        "num_target_layers": target["num_hidden_layers"], "rms_norm_eps": 1e-5,
+        "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}, "sliding_window": None,
+        "tie_word_embeddings": False, "use_cache": False, "use_sliding_window": False,
+        "vocab_size": target["vocab_size"],
+    }  # fmt: skip
+    dflash_overrides = {k: overrides.pop(k) for k in list(overrides) if k in config["dflash_config"] or
+                        k in ("output_multiplier", "final_logit_softcapping", "input_embedding_scale")}  # fmt: skip
+    config["dflash_config"].update(dflash_overrides)
+    config.update(overrides)
+    return config
+
+
+def published_weights(config: dict, seed: int) -> dict:
+    """Random weights under the published names and shapes (z-lab's safetensors header)."""
+    rng = np.random.default_rng(seed)
+    d, inner, hd = config["hidden_size"], config["intermediate_size"], config["head_dim"]
+    heads, kv = config["num_attention_heads"] * hd, config["num_key_value_heads"] * hd
+    dc = config["dflash_config"]
+    taps, kernel = len(dc["target_layer_ids"]), dc["conv_kernel_size"]
+    vocab, rank = config["vocab_size"], dc["selector_rank"]
+
+    def matrix(rows, cols):
+        return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+
+    def scale(n):
+        return (1 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+
+    weights = {"fc.weight": matrix(d, taps * d), "hidden_norm.weight": scale(d), "norm.weight": scale(d),
+               "candidate_selector.hidden_projection.weight": matrix(rank, d),
+               "candidate_selector.predecessor_codebook": rng.standard_normal((vocab, rank)).astype(np.float32),
+               "candidate_selector.successor_codebook": rng.standard_normal((vocab, rank)).astype(np.float32),
+               }  # fmt: skip
+    for i in range(config["num_hidden_layers"]):
+        p = f"layers.{i}."
+        weights.update({
+            p + "input_layernorm.weight": scale(d), p + "post_attention_layernorm.weight": scale(d),
+            p + "self_attn.q_proj.weight": matrix(heads, d), p + "self_attn.k_proj.weight": matrix(kv, d),
+            p + "self_attn.v_proj.weight": matrix(kv, d), p + "self_attn.o_proj.weight": matrix(d, heads),
+            p + "self_attn.q_norm.weight": scale(hd), p + "self_attn.k_norm.weight": scale(hd),
+            p + "mlp.gate_proj.weight": matrix(inner, d), p + "mlp.up_proj.weight": matrix(inner, d),
+            p + "mlp.down_proj.weight": matrix(d, inner),
+        })  # fmt: skip
+        for conv in ("attention_conv", "mlp_conv"):
+            base = 0.3 * rng.standard_normal((2, kernel, d)).astype(np.float32)
+            base[:, 0] += 1
+            weights[p + conv + ".base_kernel"] = base
+            groups = d // dc["conv_group_size"]
+            weights[p + conv + ".kernel_projection.weight"] = np.float32(0.3) * matrix(2 * kernel * groups, d)
+    return weights
+
+
+def write_published(directory: Path, config: dict, seed: int = 1, drop=()) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = {k: v for k, v in published_weights(config, seed).items() if k not in drop}
+    names = sorted(weights)
+    half = len(names) // 2  # published checkpoints are sharded
+    save_file({k: weights[k] for k in names[:half]}, str(directory / "model-00001-of-00002.safetensors"))
+    save_file({k: weights[k] for k in names[half:]}, str(directory / "model-00002-of-00002.safetensors"))
+    (directory / "config.json").write_text(json.dumps(config))
+    return str(directory)
 
 
 if __name__ == "__main__":

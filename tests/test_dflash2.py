@@ -5,6 +5,7 @@ lossless when sampling, with the selector proposing (its modules: tests/test_dfl
 import json
 import math
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -12,10 +13,8 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 from mlx_lm.models import muse_glimmer
-from safetensors.numpy import save_file
 
 import dflash
-from adapters import default_target_layer_ids
 from adapters.routing import EXPERT
 from dflash import DFlashError, decode
 from dflash.acceptance import ArgmaxProposals, GreedyAcceptance, SpeculativeSampling, TokenMatching, make_acceptance
@@ -25,8 +24,14 @@ from dflash.generate import generate
 from dflash.loading import check_pair
 from dflash.model import DraftConfig
 from dflash.sampling import SamplingSettings
-from eval.cli import main as eval_main
-from tests.helpers import FLOAT32_EPS, OracleProposals, save_target, target_config
+from tests.helpers import (
+    FLOAT32_EPS,
+    OracleProposals,
+    published_config,
+    published_weights,
+    target_config,
+    write_published,
+)
 
 SMALL_VOCAB = 8  # a random drafter's proposals are then often what the target would say
 # The published Muse Glimmer DFlash 2 drafter's config repeats its target's logit multiplier and soft cap.
@@ -34,106 +39,12 @@ MUSE_SCALING = {"output_multiplier": muse_glimmer.ModelArgs.output_multiplier,
                 "final_logit_softcapping": muse_glimmer.ModelArgs.final_logit_softcapping}  # fmt: skip
 
 
-def published_config(target: dict, *, layers=2, block_size=8, top_k=4, rank=8, group=16, **overrides) -> dict:
-    """config.json as the published DFlash 2 drafters have it (z-lab's fixture's fields)."""
-    config = {
-        "architectures": ["DFlash2DraftModel"],
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "is_causal": False,
-        "dflash_config": {
-            "block_size": block_size, "conv_group_size": group, "conv_kernel_size": 2, "mask_token_id": 2,
-            "selector_rank": rank, "selector_top_k": top_k,
-            "target_layer_ids": default_target_layer_ids(target["num_hidden_layers"], layers),
-        },
-        "dtype": "float32", "head_dim": 16, "hidden_act": "silu", "hidden_size": target["hidden_size"],
-        "intermediate_size": 96, "layer_types": ["full_attention"] * layers, "max_position_embeddings": 1024,
-        "model_type": "qwen3", "num_attention_heads": 4, "num_hidden_layers": layers, "num_key_value_heads": 2,
-        "num_target_layers": target["num_hidden_layers"], "rms_norm_eps": 1e-5,
-        "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}, "sliding_window": None,
-        "tie_word_embeddings": False, "use_cache": False, "use_sliding_window": False,
-        "vocab_size": target["vocab_size"],
-    }  # fmt: skip
-    dflash_overrides = {k: overrides.pop(k) for k in list(overrides) if k in config["dflash_config"] or
-                        k in ("output_multiplier", "final_logit_softcapping", "input_embedding_scale")}  # fmt: skip
-    config["dflash_config"].update(dflash_overrides)
-    config.update(overrides)
-    return config
-
-
-def published_weights(config: dict, seed: int) -> dict:
-    """Random weights under the published names and shapes (z-lab's safetensors header)."""
-    rng = np.random.default_rng(seed)
-    d, inner, hd = config["hidden_size"], config["intermediate_size"], config["head_dim"]
-    heads, kv = config["num_attention_heads"] * hd, config["num_key_value_heads"] * hd
-    dc = config["dflash_config"]
-    taps, kernel = len(dc["target_layer_ids"]), dc["conv_kernel_size"]
-    vocab, rank = config["vocab_size"], dc["selector_rank"]
-
-    def matrix(rows, cols):
-        return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
-
-    def scale(n):
-        return (1 + 0.1 * rng.standard_normal(n)).astype(np.float32)
-
-    weights = {"fc.weight": matrix(d, taps * d), "hidden_norm.weight": scale(d), "norm.weight": scale(d),
-               "candidate_selector.hidden_projection.weight": matrix(rank, d),
-               "candidate_selector.predecessor_codebook": rng.standard_normal((vocab, rank)).astype(np.float32),
-               "candidate_selector.successor_codebook": rng.standard_normal((vocab, rank)).astype(np.float32),
-               }  # fmt: skip
-    for i in range(config["num_hidden_layers"]):
-        p = f"layers.{i}."
-        weights.update({
-            p + "input_layernorm.weight": scale(d), p + "post_attention_layernorm.weight": scale(d),
-            p + "self_attn.q_proj.weight": matrix(heads, d), p + "self_attn.k_proj.weight": matrix(kv, d),
-            p + "self_attn.v_proj.weight": matrix(kv, d), p + "self_attn.o_proj.weight": matrix(d, heads),
-            p + "self_attn.q_norm.weight": scale(hd), p + "self_attn.k_norm.weight": scale(hd),
-            p + "mlp.gate_proj.weight": matrix(inner, d), p + "mlp.up_proj.weight": matrix(inner, d),
-            p + "mlp.down_proj.weight": matrix(d, inner),
-        })  # fmt: skip
-        for conv in ("attention_conv", "mlp_conv"):
-            base = 0.3 * rng.standard_normal((2, kernel, d)).astype(np.float32)
-            base[:, 0] += 1
-            weights[p + conv + ".base_kernel"] = base
-            groups = d // dc["conv_group_size"]
-            weights[p + conv + ".kernel_projection.weight"] = np.float32(0.3) * matrix(2 * kernel * groups, d)
-    return weights
-
-
-def write_published(directory: Path, config: dict, seed: int = 1, drop=()) -> str:
-    directory.mkdir(parents=True, exist_ok=True)
-    weights = {k: v for k, v in published_weights(config, seed).items() if k not in drop}
-    names = sorted(weights)
-    half = len(names) // 2  # published checkpoints are sharded
-    save_file({k: weights[k] for k in names[:half]}, str(directory / "model-00001-of-00002.safetensors"))
-    save_file({k: weights[k] for k in names[half:]}, str(directory / "model-00002-of-00002.safetensors"))
-    (directory / "config.json").write_text(json.dumps(config))
-    return str(directory)
-
-
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory):
-    """pairs(family, vocab_size=..., **drafter overrides) -> (target_dir, drafter_dir), built once each."""
-    built = {}
-
-    def build(family="llama", vocab_size=512, **overrides):
-        key = (family, vocab_size, json.dumps(overrides, sort_keys=True))
-        if key not in built:
-            root = tmp_path_factory.mktemp(f"{family}-dflash2")
-            config = target_config(family, vocab_size=vocab_size)
-            target = save_target(root / "target", config)
-            built[key] = (str(target), write_published(root / "draft", published_config(config, **overrides)))
-        return built[key]
-
-    return build
-
-
 # ---------------------------------------------------------------------------------------------
 # The published format
 
 
-def test_published_checkpoint_loads_and_saves_in_its_format(pairs, tmp_path):
-    target, draft_dir = pairs("qwen3")
+def test_published_checkpoint_loads_and_saves_in_its_format(dflash2_pair, tmp_path):
+    target, draft_dir = dflash2_pair("qwen3")
     model, _ = dflash.load(target, draft_dir)
     published = json.loads((Path(draft_dir) / "config.json").read_text())
     names = set(published_weights(published, 1))
@@ -153,8 +64,8 @@ def test_published_checkpoint_loads_and_saves_in_its_format(pairs, tmp_path):
                           copy.draft(block, context, copy.draft.make_cache()))  # fmt: skip
 
 
-def test_logits_are_scaled_and_softcapped_as_the_config_says(pairs):
-    model, _ = dflash.load(*pairs("llama", output_multiplier=0.25, final_logit_softcapping=3.0))
+def test_logits_are_scaled_and_softcapped_as_the_config_says(dflash2_pair):
+    model, _ = dflash.load(*dflash2_pair("llama", output_multiplier=0.25, final_logit_softcapping=3.0))
     hidden = mx.random.normal((1, 3, 64))
     logits, _ = model.draft.finish_block(hidden, model.adapter.lm_head, mx.array([5]))
     raw = np.array(model.adapter.lm_head(hidden)).astype(np.float64)
@@ -162,10 +73,10 @@ def test_logits_are_scaled_and_softcapped_as_the_config_says(pairs):
     assert np.abs(np.array(logits) - expected).max() <= 4 * FLOAT32_EPS * max(1.0, np.abs(expected).max())
 
 
-def test_only_dflash2_drafters_scale_their_logits(pairs):
+def test_only_dflash2_drafters_scale_their_logits(dflash2_pair):
     """A DFlash config copying its target's top-level final_logit_softcapping keeps it as an extra
     field."""
-    model, _ = dflash.load(*pairs("llama", final_logit_softcapping=3.0))
+    model, _ = dflash.load(*dflash2_pair("llama", final_logit_softcapping=3.0))
     published = {**model.draft.config.to_dict(), "architectures": ["DFlashDraftModel"], "block_size": 8,
                  "final_logit_softcapping": 30.0, "dflash_config": {"target_layer_ids": [1, 4], "mask_token_id": 2}}
     v1 = DraftConfig.from_dict(published)
@@ -174,13 +85,13 @@ def test_only_dflash2_drafters_scale_their_logits(pairs):
     check_pair(model.adapter, model.draft.config)
 
 
-def test_a_drafter_that_scales_its_logits_scales_the_heads_own_once(pairs):
+def test_a_drafter_that_scales_its_logits_scales_the_heads_own_once(dflash2_pair):
     """A Muse Glimmer target finishes its head's logits (multiplier, then soft cap) and its published
     DFlash 2 drafter repeats both in its config: the drafter scales what the head computes, so its
     logits are the target's own, not scaled twice. A drafter that does not scale takes the target's
     finished logits as they are."""
-    scaling, _ = dflash.load(*pairs("muse_glimmer", **MUSE_SCALING))
-    plain, _ = dflash.load(*pairs("muse_glimmer"))
+    scaling, _ = dflash.load(*dflash2_pair("muse_glimmer", **MUSE_SCALING))
+    plain, _ = dflash.load(*dflash2_pair("muse_glimmer"))
     hidden = mx.random.normal((1, 3, 64))
     for model in (scaling, plain):
         logits, _ = model.draft.finish_block(hidden, model.draft_head, mx.array([5]))
@@ -188,17 +99,17 @@ def test_a_drafter_that_scales_its_logits_scales_the_heads_own_once(pairs):
     assert not mx.array_equal(scaling.adapter.lm_head(hidden), scaling.adapter.head_logits(hidden))
 
 
-def test_input_embedding_scale_scales_the_block(pairs):
-    scaled, _ = dflash.load(*pairs("llama", input_embedding_scale=2.0))
-    plain, _ = dflash.load(*pairs("llama"))
+def test_input_embedding_scale_scales_the_block(dflash2_pair):
+    scaled, _ = dflash.load(*dflash2_pair("llama", input_embedding_scale=2.0))
+    plain, _ = dflash.load(*dflash2_pair("llama"))
     block, context = scaled.adapter.embed(mx.array([[5, 2, 2]])), mx.random.normal((1, 4, 2 * 64))
     assert scaled.draft.config.input_embedding_scale == 2.0
     assert mx.array_equal(scaled.draft(block, context, scaled.draft.make_cache()),
                           plain.draft(2.0 * block, context, plain.draft.make_cache()))  # fmt: skip
 
 
-def test_a_quantized_dflash2_drafter_stays_exact(pairs):
-    model, tokenizer = dflash.load(*pairs("qwen3", vocab_size=SMALL_VOCAB), draft_bits=8)
+def test_a_quantized_dflash2_drafter_stays_exact(dflash2_pair):
+    model, tokenizer = dflash.load(*dflash2_pair("qwen3", vocab_size=SMALL_VOCAB), draft_bits=8)
     assert "scales" in model.draft.layers[0].attention_conv.kernel_projection
     tokenizer.eos_token_ids = set()
     prompt = small_prompt(12, 4)
@@ -206,8 +117,8 @@ def test_a_quantized_dflash2_drafter_stays_exact(pairs):
     assert dflash.generate(model, tokenizer, prompt, 24).tokens == reference
 
 
-def test_the_selector_proposes_for_the_argmax_rules_only(pairs):
-    model, _ = dflash.load(*pairs("llama"))
+def test_the_selector_proposes_for_the_argmax_rules_only(dflash2_pair):
+    model, _ = dflash.load(*dflash2_pair("llama"))
     state = decode.start(model, max_tokens=20)
     decode.prefill(model, state, mx.array([5, 17, 99, 230]))
     cache = state.draft_cache
@@ -222,11 +133,15 @@ def test_the_selector_proposes_for_the_argmax_rules_only(pairs):
             layer_cache.trim(state.context.shape[1])
         assert mx.array_equal(proposals, expected) and mx.array_equal(draft_logits, logits)
     assert not mx.array_equal(path[0], mx.argmax(logits[0], axis=-1))  # the path is the selector's
+    without_selector = replace(model, selector=False)  # the ablation: the drafter's own argmax
+    proposals, _ = without_selector.draft_block(state.tokens[-1:], 8, state.context, cache, [GreedyAcceptance()],
+                                                [state])  # fmt: skip
+    assert mx.array_equal(proposals, mx.argmax(logits, axis=-1))
 
 
-def test_a_dflash2_drafter_samples_with_the_argmax_rule_unless_told(pairs, make_pair):
+def test_a_dflash2_drafter_samples_with_the_argmax_rule_unless_told(dflash2_pair, make_pair):
     sampled = SamplingSettings(temperature=0.7)
-    engine = Engine(*pairs("llama"))
+    engine = Engine(*dflash2_pair("llama"))
 
     def rule(engine, request):
         return engine.prepare(request, EXPERT).acceptance
@@ -260,8 +175,8 @@ def edited(config: dict, section: str, **values) -> dict:
         (lambda c: edited(c, None, architectures=["DFlashDraftModel"]), "selector and convolution fields need"),
     ],
 )
-def test_malformed_configs_are_refused_in_one_line(pairs, tmp_path, change, message):
-    target, draft_dir = pairs("llama")
+def test_malformed_configs_are_refused_in_one_line(dflash2_pair, tmp_path, change, message):
+    target, draft_dir = dflash2_pair("llama")
     config = change(json.loads((Path(draft_dir) / "config.json").read_text()))
     broken = write_published(tmp_path / "broken", published_config(target_config("llama")))
     (Path(broken) / "config.json").write_text(json.dumps(config))
@@ -271,8 +186,8 @@ def test_malformed_configs_are_refused_in_one_line(pairs, tmp_path, change, mess
 
 
 @pytest.mark.parametrize("drop", ["candidate_selector.successor_codebook", "layers.1.mlp_conv.base_kernel"])
-def test_missing_weights_are_refused_in_one_line(pairs, tmp_path, drop):
-    target, _ = pairs("llama")
+def test_missing_weights_are_refused_in_one_line(dflash2_pair, tmp_path, drop):
+    target, _ = dflash2_pair("llama")
     broken = write_published(tmp_path / "broken", published_config(target_config("llama")), drop=[drop])
     with pytest.raises(DFlashError, match="do not match its config.json") as error:
         dflash.load(target, broken)
@@ -288,12 +203,12 @@ def small_prompt(length, seed=0):
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3", "muse_glimmer"])
-def test_greedy_decoding_equals_plain_greedy_decoding(pairs, family):
+def test_greedy_decoding_equals_plain_greedy_decoding(dflash2_pair, family):
     """The selector proposes (random drafters over a small vocabulary are accepted now and then);
     the oracle drives full, partial and no accepts through the DFlash 2 drafter's caches. On Muse
     Glimmer with the published drafter's scaling of its logits."""
     scaling = MUSE_SCALING if family == "muse_glimmer" else {}
-    model, tokenizer = dflash.load(*pairs(family, vocab_size=SMALL_VOCAB, top_k=4, **scaling))
+    model, tokenizer = dflash.load(*dflash2_pair(family, vocab_size=SMALL_VOCAB, top_k=4, **scaling))
     tokenizer.eos_token_ids = set()
     accepted = 0
     for seed, length in enumerate([1, 9, 40]):
@@ -307,10 +222,10 @@ def test_greedy_decoding_equals_plain_greedy_decoding(pairs, family):
     assert accepted > 0  # the selector's own proposals were accepted too
 
 
-def test_sliding_window_softcapped_drafter_is_exact_alone_and_batched(pairs):
+def test_sliding_window_softcapped_drafter_is_exact_alone_and_batched(dflash2_pair):
     drafter = dict(layer_types=["sliding_attention"] * 2, sliding_window=6, output_multiplier=0.5,
                    final_logit_softcapping=4.0)
-    model, tokenizer = dflash.load(*pairs("qwen3", vocab_size=SMALL_VOCAB, **drafter))
+    model, tokenizer = dflash.load(*dflash2_pair("qwen3", vocab_size=SMALL_VOCAB, **drafter))
     tokenizer.eos_token_ids = set()
     prompts = [small_prompt(20, 3), small_prompt(5, 4)]
     singles = [dflash.generate(model, tokenizer, prompt, 30) for prompt in prompts]
@@ -319,9 +234,9 @@ def test_sliding_window_softcapped_drafter_is_exact_alone_and_batched(pairs):
     assert [r.tokens for r in batched] == [r.tokens for r in singles] and same_steps(batched, singles)
 
 
-def test_batched_equals_single(pairs):
+def test_batched_equals_single(dflash2_pair):
     """Each row's tokens and acceptance lengths (so its selector paths, where they decide) are its single run's."""
-    model, tokenizer = dflash.load(*pairs("llama", vocab_size=SMALL_VOCAB, top_k=4))
+    model, tokenizer = dflash.load(*dflash2_pair("llama", vocab_size=SMALL_VOCAB, top_k=4))
     tokenizer.eos_token_ids = set()
     prompts = [small_prompt(n, n) for n in (3, 17, 40, 1)]
     singles = [dflash.generate(model, tokenizer, p, 30) for p in prompts]
@@ -366,8 +281,8 @@ def chi_square_p_value(counts: list, expected: list) -> float:
 
 
 @pytest.mark.slow  # 400 sampled generations
-def test_sampling_with_the_selector_proposing_follows_the_target(pairs):
-    model, tokenizer = dflash.load(*pairs("qwen3", vocab_size=SMALL_VOCAB, top_k=4))
+def test_sampling_with_the_selector_proposing_follows_the_target(dflash2_pair):
+    model, tokenizer = dflash.load(*dflash2_pair("qwen3", vocab_size=SMALL_VOCAB, top_k=4))
     tokenizer.eos_token_ids = set()
     settings, prompt, draws = SamplingSettings(temperature=2.0), [5, 3, 7, 4], 400
     rule = make_acceptance(settings, "argmax")
@@ -386,14 +301,3 @@ def test_sampling_with_the_selector_proposing_follows_the_target(pairs):
     assert sum(outcomes) == draws
     assert accepted > 20  # the selector's proposals were accepted often enough to matter
     assert chi_square_p_value(outcomes, expected) > SIGNIFICANCE
-
-
-def test_step_costs_report_what_the_dflash2_modules_add(pairs, tmp_path):
-    target, draft = pairs("llama")
-    out = tmp_path / "steps"
-    eval_main(["steps", "--target-model", target, "--draft-model", draft, "--prompt-lengths", "12", "--repeats", "2",
-               "--out", str(out)])  # fmt: skip
-    result = json.loads((out / "report.json").read_text())["prompt_lengths"]["12"]
-    assert {"draft", "draft_backbone", "selector", "verify"} <= set(result)
-    assert result["dflash2_added_share"] == pytest.approx(result["selector_share"] + result["convolutions_share"])
-    assert "selector / step" in (out / "report.md").read_text()
