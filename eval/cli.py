@@ -27,6 +27,7 @@ from dflash.sampling import SamplingSettings
 
 from .batch import add_batch
 from .bench import Variant, analyse, dflash_variants, method_name, run_benchmark
+from .candidates import add_candidates
 from .curves import add_curves
 from .environment import environment
 from .exactness import TIE_GAP
@@ -149,7 +150,7 @@ def acceptance_rule(text: str) -> str:
 
 
 SUBCOMMANDS = [add_bench, add_router, add_serve_load, add_batch, add_steps, add_prefix_cache, add_curves,
-               add_loops]
+               add_loops, add_candidates]
 
 
 def load_mlx_draft(path: str, tokenizer, dtype: str, dequantize: str):
