@@ -92,7 +92,7 @@ def run_candidates(args, argv: List[str]) -> None:
     top_k = loaded.draft.config.selector_top_k or 16
     ks = sorted({k for k in (2, 4, top_k) if k <= top_k})
     model = KeepingDrafts(*(getattr(loaded, f.name) for f in fields(DFlashModel)), top_k=top_k)
-    counts = {}
+    counts = {suite: {} for suite in [*dict.fromkeys(p.suite for p in prompts), "all"]}
     for prompt in prompts:
         model.drafts.clear()
         prompt_ids = encode_prompt(model.adapter, tokenizer, prompt.prompt, chat=True)
@@ -100,7 +100,7 @@ def run_candidates(args, argv: List[str]) -> None:
         steps = score_steps(model.drafts, result.stats.acceptance_lengths, result.tokens, model.block_size, ks)
         for suite in (prompt.suite, "all"):
             for name, values in steps.items():
-                counts.setdefault(suite, {}).setdefault(name, []).extend(values)
+                counts[suite].setdefault(name, []).extend(values)
     report = {
         "config": {"command": shlex.join(["dflash-eval"] + argv), "target": args.target_model,
                    "draft": args.draft_model, "suites": suites, "limit": args.limit, "max_tokens": args.max_tokens,
