@@ -22,6 +22,7 @@ from typing import List
 import mlx.core as mx
 
 import dflash
+from dflash.engine import check_offline_default
 from dflash.generate import encode_prompt
 from dflash.loading import DFlashModel
 from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
@@ -31,12 +32,14 @@ from .options import at_least
 from .report import number, table, write_files
 from .suites import DEFAULT_SUITES, load_suites, suite_hash
 
+ORACLE_TOP_K = 16  # the widest oracle for a drafter without a selector: the published selectors' top-k
+
 
 @dataclass
 class KeepingDrafts(DFlashModel):
     """A DFlashModel that keeps every step's proposals and its candidates, best first."""
 
-    top_k: int = 16
+    top_k: int = ORACLE_TOP_K
     drafts: list = field(default_factory=list)  # (proposals [P], top-k candidates [P, k]) per step
 
     def draft_block(self, lasts, block_size, *args, **kwargs):
@@ -88,8 +91,9 @@ def add_candidates(subcommands) -> None:
 def run_candidates(args, argv: List[str]) -> None:
     suites = args.suite or DEFAULT_SUITES
     prompts = load_suites(suites, args.limit)
+    check_offline_default((args.target_model, args.draft_model), "pass --target-model and --draft-model")
     loaded, tokenizer = dflash.load(args.target_model, args.draft_model)
-    top_k = loaded.draft.config.selector_top_k or 16
+    top_k = loaded.draft.config.selector_top_k or ORACLE_TOP_K
     ks = sorted({k for k in (2, 4, top_k) if k <= top_k})
     model = KeepingDrafts(*(getattr(loaded, f.name) for f in fields(DFlashModel)), top_k=top_k)
     counts = {suite: {} for suite in [*dict.fromkeys(p.suite for p in prompts), "all"]}
