@@ -24,10 +24,9 @@ import dflash
 from adapters.loading import DTYPE_CHOICES
 from dflash.batch import batch_generate
 from dflash.generate import encode_prompt
-from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
 from .environment import environment
-from .options import at_least, positive_ints
+from .options import add_pair_arguments, at_least, positive_ints
 from .report import write_files
 from .suites import load_suites, suite_hash
 
@@ -43,8 +42,7 @@ BATCHED = ("batched", "batched_auto")
 def add_batch(subcommands) -> None:
     parser = subcommands.add_parser("batch", help="throughput of batched DFlash by batch size",
                                     description=__doc__.strip().splitlines()[0])  # fmt: skip
-    parser.add_argument("--target-model", default=str(DEFAULT_TARGET))
-    parser.add_argument("--draft-model", default=str(DEFAULT_DRAFT))
+    add_pair_arguments(parser)
     parser.add_argument("--suite", action="append", help="prompt suites, as for bench (default: offline)")
     parser.add_argument("--batch-sizes", type=positive_ints, default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--max-tokens", type=at_least(1), default=128, help="new tokens per prompt")

@@ -25,10 +25,9 @@ import dflash
 from dflash.engine import check_offline_default
 from dflash.generate import encode_prompt
 from dflash.loading import DFlashModel
-from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
 from .environment import environment
-from .options import at_least
+from .options import add_pair_arguments, at_least
 from .report import number, table, write_files
 from .suites import DEFAULT_SUITES, load_suites, suite_hash
 
@@ -78,8 +77,7 @@ def score_steps(drafts: list, lengths: List[int], tokens: List[int], block_size:
 def add_candidates(subcommands) -> None:
     parser = subcommands.add_parser("candidates", help="the target's tokens among the drafter's candidates",
                                     description=__doc__.strip().splitlines()[0])  # fmt: skip
-    parser.add_argument("--target-model", default=str(DEFAULT_TARGET))
-    parser.add_argument("--draft-model", default=str(DEFAULT_DRAFT))
+    add_pair_arguments(parser)
     parser.add_argument("--suite", action="append",
                         help="prompt suites, as for bench (default: " + " and ".join(DEFAULT_SUITES) + ")")  # fmt: skip
     parser.add_argument("--limit", type=at_least(1), help="only the first N prompts of each suite")

@@ -22,7 +22,6 @@ from dflash.block_size import AUTO
 from dflash.commands import run_command
 from dflash.engine import check_offline_default
 from dflash.loading import DRAFT_BITS, load_draft_for
-from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 from dflash.sampling import SamplingSettings
 
 from .batch import add_batch
@@ -31,7 +30,7 @@ from .candidates import add_candidates
 from .curves import add_curves
 from .environment import environment
 from .exactness import TIE_GAP
-from .options import at_least, positive_ints
+from .options import add_pair_arguments, at_least, positive_ints
 from .prefix_cache import add_prefix_cache
 from .report import build_report, number, write_report
 from .router import add_router
@@ -48,16 +47,7 @@ def add_bench(subcommands) -> None:
         description="Run a prompt suite with plain mlx-lm greedy decoding, DFlash and (with --mlx-draft-model) "
         "mlx-lm's speculative decoding on the same target; write report.json, report.md and charts to --out.",
     )
-    parser.add_argument(
-        "--target-model",
-        default=str(DEFAULT_TARGET),
-        help="target: mlx-lm checkpoint directory, GGUF file or hub id (default: the offline default, SmolLM2)",
-    )
-    parser.add_argument(
-        "--draft-model",
-        default=str(DEFAULT_DRAFT),
-        help="DFlash drafter: directory or hub id (default: the shipped one)",
-    )
+    add_pair_arguments(parser)
     parser.add_argument(
         "--compare-draft-model", action="append", default=[], metavar="PATH",
         help="another DFlash drafter of the same target, run beside --draft-model as a method of its own with the "

@@ -1,7 +1,23 @@
-"""Argument types the `dflash-eval` subcommands share: a bad value is argparse's one-line error."""
+"""Arguments the `dflash-eval` subcommands share: the pair they run (the offline default unless
+told) and argument types whose bad values are argparse's one-line error."""
 
 import argparse
 from typing import List
+
+from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
+
+
+def add_pair_arguments(parser: argparse.ArgumentParser, drafter: bool = True) -> None:
+    """--target-model and, with `drafter`, --draft-model."""
+    parser.add_argument(
+        "--target-model", default=str(DEFAULT_TARGET),
+        help="target: mlx-lm checkpoint directory, GGUF file or hub id (default: the offline default, SmolLM2)",
+    )  # fmt: skip
+    if drafter:
+        parser.add_argument(
+            "--draft-model", default=str(DEFAULT_DRAFT),
+            help="DFlash drafter: directory or hub id (default: the shipped one)",
+        )  # fmt: skip
 
 
 def at_least(minimum: int):

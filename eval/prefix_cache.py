@@ -19,11 +19,10 @@ import dflash
 from adapters.errors import DFlashError
 from adapters.loading import DTYPE_CHOICES
 from dflash.prefix_cache import DEFAULT_GB, PrefixCache
-from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
 from .bench import spread
 from .environment import environment
-from .options import at_least
+from .options import add_pair_arguments, at_least
 from .report import write_files
 from .suites import load_suites, suite_hash
 
@@ -33,8 +32,7 @@ WAYS = ("cold", "cached")
 def add_prefix_cache(subcommands) -> None:
     parser = subcommands.add_parser("prefix-cache", help="time to first token of a multi-turn chat, with and without "
                                     "a prefix cache", description=__doc__.strip().splitlines()[0])  # fmt: skip
-    parser.add_argument("--target-model", default=str(DEFAULT_TARGET))
-    parser.add_argument("--draft-model", default=str(DEFAULT_DRAFT))
+    add_pair_arguments(parser)
     parser.add_argument("--system-tokens", type=at_least(1), default=1500,
                         help="length of the system prompt in the target's tokens (default 1500)")  # fmt: skip
     parser.add_argument("--turns", type=at_least(1), default=4, help="user turns (default 4)")

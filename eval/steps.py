@@ -32,10 +32,9 @@ from dflash import decode
 from dflash.acceptance import GreedyAcceptance
 from dflash.loading import DFlashModel
 from dflash.model import DFlashDraftModel
-from dflash.presets import DEFAULT_DRAFT, DEFAULT_TARGET
 
 from .environment import environment
-from .options import at_least, positive_ints
+from .options import add_pair_arguments, at_least, positive_ints
 from .report import number, table, write_files
 
 NEW_CONTEXT = 4  # context positions a step hands the drafter: about what a step commits
@@ -131,8 +130,7 @@ def figures(times: dict) -> dict:
 def add_steps(subcommands) -> None:
     parser = subcommands.add_parser("steps", help="cost of one plain step, one draft and one verify by prompt length",
                                     description=__doc__.strip().splitlines()[0])  # fmt: skip
-    parser.add_argument("--target-model", default=str(DEFAULT_TARGET))
-    parser.add_argument("--draft-model", default=str(DEFAULT_DRAFT))
+    add_pair_arguments(parser)
     parser.add_argument("--prompt-lengths", type=positive_ints, default=[128], help="comma-separated (default: 128)")
     parser.add_argument("--block-size", type=int, help="default: the drafter's")
     parser.add_argument("--draft-window", type=at_least(1),

@@ -19,11 +19,10 @@ from adapters import adapter_for
 from adapters.loading import DEQUANTIZE_CHOICES, DTYPE_CHOICES, load_target
 from dflash.engine import check_offline_default
 from dflash.generate import encode_prompt, within_window
-from dflash.presets import DEFAULT_TARGET
 
 from .environment import environment
 from .loops import MAX_PERIOD, MIN_RUN, loop_figures
-from .options import at_least
+from .options import add_pair_arguments, at_least
 from .report import number, table, write_files
 from .suites import DEFAULT_SUITES, load_suites, suite_hash
 
@@ -31,7 +30,7 @@ from .suites import DEFAULT_SUITES, load_suites, suite_hash
 def add_loops(subcommands) -> None:
     parser = subcommands.add_parser("loops", help="how much of the target's own greedy output loops",
                                     description=__doc__.strip().splitlines()[0])  # fmt: skip
-    parser.add_argument("--target-model", default=str(DEFAULT_TARGET), help="(default: the offline default)")
+    add_pair_arguments(parser, drafter=False)
     parser.add_argument("--suite", action="append",
                         help="prompt suites, as for bench (default: " + " and ".join(DEFAULT_SUITES) + ")")  # fmt: skip
     parser.add_argument("--limit", type=at_least(1), help="only the first N prompts of each suite")

@@ -118,7 +118,7 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
     error = capsys.readouterr().err
     assert error == f"dflash-eval: error: suite file {tmp_path / 'missing.jsonl'} not found\n"
 
-    for module in ("eval.cli", "dflash.engine"):  # bench's default, and the check of the offline default
+    for module in ("eval.options", "dflash.engine"):  # bench's default, and the check of the offline default
         monkeypatch.setattr(f"{module}.DEFAULT_TARGET", tmp_path / "not-shipped-yet")
     assert main(["bench"]) == 2
     assert re.fullmatch(r"dflash-eval: error: the offline default target .* is not installed .*; "
