@@ -54,8 +54,8 @@ def run_loops(args, argv: List[str]) -> None:
         target, tokenizer, prompt_ids, max_tokens=[within_window(adapter, ids, args.max_tokens) for ids in prompt_ids],
         return_token_ids=True, prefill_batch_size=args.batch_size, completion_batch_size=args.batch_size,
     ).token_ids  # fmt: skip
-    by_suite = {suite: [out for p, out in zip(prompts, outputs) if p.suite == suite] for suite in dict.fromkeys(
-        p.suite for p in prompts)}  # fmt: skip
+    names = dict.fromkeys(prompt.suite for prompt in prompts)
+    by_suite = {name: [out for prompt, out in zip(prompts, outputs) if prompt.suite == name] for name in names}
     report = {
         "config": {"command": shlex.join(["dflash-eval"] + argv), "target": args.target_model, "suites": suites,
                    "limit": args.limit, "max_tokens": args.max_tokens, "chat": args.chat},
