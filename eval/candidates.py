@@ -41,6 +41,11 @@ class KeepingDrafts(DFlashModel):
     top_k: int = ORACLE_TOP_K
     drafts: list = field(default_factory=list)  # (proposals [P], top-k candidates [P, k]) per step
 
+    @classmethod
+    def watching(cls, model: DFlashModel, top_k: int = ORACLE_TOP_K) -> "KeepingDrafts":
+        """`model`, keeping its drafts."""
+        return cls(*(getattr(model, f.name) for f in fields(DFlashModel)), top_k=top_k)
+
     def draft_block(self, lasts, block_size, *args, **kwargs):
         proposals, logits = super().draft_block(lasts, block_size, *args, **kwargs)
         top = mx.argpartition(-logits[0], self.top_k - 1, axis=-1)[:, : self.top_k]
@@ -93,7 +98,7 @@ def run_candidates(args, argv: List[str]) -> None:
     loaded, tokenizer = dflash.load(args.target_model, args.draft_model)
     top_k = loaded.draft.config.selector_top_k or ORACLE_TOP_K
     ks = sorted({k for k in (2, 4, top_k) if k <= top_k})
-    model = KeepingDrafts(*(getattr(loaded, f.name) for f in fields(DFlashModel)), top_k=top_k)
+    model = KeepingDrafts.watching(loaded, top_k)
     counts = {suite: {} for suite in [*dict.fromkeys(p.suite for p in prompts), "all"]}
     for prompt in prompts:
         model.drafts.clear()

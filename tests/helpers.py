@@ -264,6 +264,14 @@ def weights(directory: Path) -> dict:
     return mx.load(str(directory / "model.safetensors"))
 
 
+SMALL_VOCAB = 8  # a random DFlash 2 drafter's proposals are then often what the target would say
+
+
+def small_prompt(length, seed=0):
+    """Token ids of a prompt for a target of SMALL_VOCAB tokens (ids 0-2 are special)."""
+    return np.random.default_rng(seed).integers(3, SMALL_VOCAB, length).tolist()
+
+
 # DFlash 2 drafters as the published ones are written: z-lab's config fields, safetensors names and
 # shapes, sharded.
 

@@ -26,14 +26,15 @@ from dflash.model import DraftConfig
 from dflash.sampling import SamplingSettings
 from tests.helpers import (
     FLOAT32_EPS,
+    SMALL_VOCAB,
     OracleProposals,
     published_config,
     published_weights,
+    small_prompt,
     target_config,
     write_published,
 )
 
-SMALL_VOCAB = 8  # a random drafter's proposals are then often what the target would say
 # The published Muse Glimmer DFlash 2 drafter's config repeats its target's logit multiplier and soft cap.
 MUSE_SCALING = {"output_multiplier": muse_glimmer.ModelArgs.output_multiplier,
                 "final_logit_softcapping": muse_glimmer.ModelArgs.final_logit_softcapping}  # fmt: skip
@@ -196,10 +197,6 @@ def test_missing_weights_are_refused_in_one_line(dflash2_pair, tmp_path, drop):
 
 # ---------------------------------------------------------------------------------------------
 # Decoding
-
-
-def small_prompt(length, seed=0):
-    return np.random.default_rng(seed).integers(3, SMALL_VOCAB, length).tolist()
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3", "muse_glimmer"])

@@ -2,16 +2,11 @@
 argmax, of what was proposed and of a top-k oracle."""
 
 import json
-from dataclasses import fields
-
-import numpy as np
 
 import dflash
-from dflash.loading import DFlashModel
 from eval.candidates import KeepingDrafts, score_steps
 from eval.cli import main as eval_main
-
-SMALL_VOCAB = 8  # a random drafter's proposals are then often what the target would say
+from tests.helpers import SMALL_VOCAB, small_prompt
 
 
 def test_each_step_is_scored_by_its_leading_run_of_hits():
@@ -47,11 +42,11 @@ def test_the_report_is_consistent_with_the_decoding_it_watched(dflash2_pair, mak
 def test_the_kept_drafts_score_each_step_as_it_was_decoded(dflash2_pair):
     loaded, tokenizer = dflash.load(*dflash2_pair("llama", vocab_size=SMALL_VOCAB, top_k=4))
     tokenizer.eos_token_ids = set()
-    model = KeepingDrafts(*(getattr(loaded, f.name) for f in fields(DFlashModel)), top_k=4)
+    model = KeepingDrafts.watching(loaded, top_k=4)
     totals = {}
     for seed, length in enumerate([1, 9, 40]):
         model.drafts.clear()
-        prompt = np.random.default_rng(seed).integers(3, SMALL_VOCAB, length).tolist()
+        prompt = small_prompt(length, seed)
         result = dflash.generate(model, tokenizer, prompt, 80, block_size=model.block_size)
         assert len(model.drafts) == len(result.stats.acceptance_lengths)
         for name, counts in score_steps(model.drafts, result.stats.acceptance_lengths, result.tokens,
