@@ -120,9 +120,11 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
 
     for module in ("eval.options", "dflash.engine"):  # bench's default, and the check of the offline default
         monkeypatch.setattr(f"{module}.DEFAULT_TARGET", tmp_path / "not-shipped-yet")
-    assert main(["bench"]) == 2
-    assert re.fullmatch(r"dflash-eval: error: the offline default target .* is not installed .*; "
-                        r"pass --target-model and --draft-model\n", capsys.readouterr().err)  # fmt: skip
+    pair = "--target-model and --draft-model"
+    for command, remedy in [("bench", pair), ("candidates", pair), ("loops", "--target-model")]:
+        assert main([command]) == 2
+        assert re.fullmatch(rf"dflash-eval: error: the offline default target .* is not installed .*; pass {remedy}\n",
+                            capsys.readouterr().err)  # fmt: skip
 
 
 def test_another_drafter_runs_beside_the_first(tmp_path, make_pair):
