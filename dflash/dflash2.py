@@ -31,6 +31,8 @@ fixtures (`tests/fixtures/dflash2-config.json`, `dflash2-safetensors-header.json
   greedy left to right, each position taking its best candidate after the previous choice.
 """
 
+from typing import Optional
+
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -88,15 +90,18 @@ class CandidateSelector(nn.Module):
         right = self.successor_codebook[candidates]  # [N, P, k, r]
         return unary[:, :, None, :] + left @ right.swapaxes(-1, -2)
 
-    def __call__(self, hidden: mx.array, logits: mx.array, anchors: mx.array) -> mx.array:
-        """The greedy path [N, P]: hidden [N, P, D] and logits [N, P, V] at block positions 1..P,
-        anchors [N] the blocks' given tokens."""
-        candidates = self.candidates(logits)
+    def __call__(self, hidden: mx.array, logits: mx.array, anchors: mx.array,
+                 token_ids: Optional[mx.array] = None) -> mx.array:  # fmt: skip
+        """The greedy path [N, P] of token ids: hidden [N, P, D] and logits [N, P, K] at block positions
+        1..P, over the vocabulary whose token ids are `token_ids` [K] (None: 0..K-1, the target's
+        whole vocabulary); anchors [N] the blocks' given tokens."""
+        places = self.candidates(logits)
+        candidates = places if token_ids is None else token_ids[places]
         # Every candidate of position t - 1 may precede those of t; at t = 0 the anchor does (k times).
         predecessors = mx.concatenate(
             [mx.broadcast_to(anchors[:, None, None], candidates[:, :1].shape), candidates[:, :-1]], axis=1
         )
-        scores = self.scores(hidden, mx.take_along_axis(logits, candidates, axis=-1), candidates, predecessors)
+        scores = self.scores(hidden, mx.take_along_axis(logits, places, axis=-1), candidates, predecessors)
         rows = mx.arange(candidates.shape[0])
         choice = mx.argmax(scores[:, 0, 0], axis=-1)
         path = [candidates[rows, 0, choice]]

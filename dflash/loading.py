@@ -22,11 +22,11 @@ from .model import DFlashDraftModel, DraftConfig
 
 DRAFT_BITS = (4, 6, 8)  # what a drafter can be quantized to
 DRAFT_GROUP_SIZE = 32  # divides the widths of published drafters and of SmolLM2's (576, 1536)
-# Rules that propose the drafter's argmax at every position: with a DFlash 2 drafter they propose
-# its selector's path instead, the drafter's best block. Their accept is lossless whatever the
-# proposals (greedy: the target's argmax decides; argmax: x accepted with probability p(x), the
-# correction drawn from p without x). Rules that draw proposals from the drafter's marginals
-# (their accept needs those q) or from elsewhere keep their own.
+# Rules that propose the drafter's argmax at every position take its best block
+# (DFlashDraftModel.finish_block): its argmax, or a DFlash 2 drafter's selector path. Their accept
+# is lossless whatever the proposals (greedy: the target's argmax decides; argmax: x accepted with
+# probability p(x), the correction drawn from p without x). Rules that draw proposals from the
+# drafter's marginals (their accept needs those q) or from elsewhere keep their own.
 PROPOSES_THE_ARGMAX = (GreedyAcceptance.propose, ArgmaxProposals.propose)
 
 
@@ -75,7 +75,7 @@ class DFlashModel:
                     ) -> Tuple[mx.array, mx.array]:  # fmt: skip
         """Draft one block per row: embed [last committed token, mask, ..., mask], run the drafter
         (the batch's `block_offset` and `mask` as DraftAttention takes them), turn positions 1.. into
-        logits; each row's rule proposes from them, or takes the DFlash 2 selector's path (see
+        logits; each row's rule proposes from them, or takes the drafter's best block (see
         PROPOSES_THE_ARGMAX). A row of a batch may draft a shorter block than the batch's, its
         `sizes` entry (its mask hides the positions past it): it proposes from its first positions
         alone, as it would drafting that block by itself. Returns (proposals [rows, block_size - 1],
@@ -84,11 +84,11 @@ class DFlashModel:
         tokens = [[last] + [self.draft.config.mask_token_id] * (block_size - 1) for last in lasts]
         batched = () if block_offset is None else (block_offset, mask)
         hidden = self.draft(self.adapter.embed(mx.array(tokens)), context, cache, *batched)[:, 1:]
-        logits, path = self.draft.finish_block(hidden, self.draft_head, mx.array(lasts))
+        logits, best = self.draft.finish_block(hidden, self.draft_head, mx.array(lasts), self.selector)
         proposals = []
         for i, (rule, state, size) in enumerate(zip(acceptances, states, sizes)):
-            if path is not None and self.selector and type(rule).propose in PROPOSES_THE_ARGMAX:
-                proposed = path[i, : size - 1]
+            if type(rule).propose in PROPOSES_THE_ARGMAX:
+                proposed = best[i, : size - 1]
             else:
                 proposed = rule.propose(logits[i, : size - 1], state)
             proposals.append(mx.pad(proposed, (0, block_size - size), mode="edge"))

@@ -188,22 +188,37 @@ class DFlashDraftModel(nn.Module):
             h = layer(h, context, cache[i] if cache is not None else None, block_offset, mask)
         return self.norm(h)
 
-    def finish_block(self, hidden: mx.array, head, anchors: mx.array):
-        """(logits [N, P, V], path [N, P] or None) from the drafter's output at block positions 1..P
-        [N, P, D] (`head`: see `logits`), and a DFlash 2 drafter's selector path after the blocks'
-        given tokens `anchors` [N]."""
-        logits = self.logits(hidden, head)
-        return logits, self.candidate_selector(hidden, logits, anchors) if self.config.dflash2 else None
+    def finish_block(self, hidden: mx.array, head, anchors: mx.array, selector: bool = True):
+        """(logits [N, P, V], best [N, P]) from the drafter's output at block positions 1..P [N, P, D]
+        (`head`: see `vocab_logits`): its logits over the target's whole vocabulary, and its best
+        block: a DFlash 2 drafter's selector path after the blocks' given tokens `anchors` [N] (unless
+        `selector` is off), else its argmax. The best block is found in the logits of the drafter's
+        own vocabulary, so that a rule proposing it that never reads the whole vocabulary's logits
+        (greedy) never computes them: spreading a draft vocabulary's logits over the target's costs
+        as much as the head itself on the CPU."""
+        logits, token_ids = self.vocab_logits(hidden, head), self.vocab_token_ids
+        if self.config.dflash2 and selector:
+            best = self.candidate_selector(hidden, logits, anchors, token_ids)
+        else:
+            # draft_vocab ascends: the first maximum here is the first over the whole vocabulary
+            best = mx.argmax(logits, axis=-1)
+            best = best if token_ids is None else token_ids[best]
+        return self.whole_vocabulary(logits), best
 
-    def logits(self, hidden: mx.array, head) -> mx.array:
-        """The drafter's logits over the target's whole vocabulary [..., V]: -inf outside its draft
-        vocabulary, where it has one."""
-        logits = self.vocab_logits(hidden, head)
+    def whole_vocabulary(self, logits: mx.array) -> mx.array:
+        """The drafter's logits [..., K] over the target's whole vocabulary [..., V]: -inf outside its
+        draft vocabulary, where it has one."""
         if not self.config.draft_vocab_size:
             return logits
         full = mx.full((*logits.shape[:-1], self.config.vocab_size), -mx.inf, dtype=logits.dtype)
         full[..., self.draft_vocab] = logits
         return full
+
+    @property
+    def vocab_token_ids(self) -> Optional[mx.array]:
+        """The token ids [K] of the drafter's vocabulary, the last axis of `vocab_logits`; None where it
+        is the target's whole vocabulary."""
+        return self.draft_vocab if self.config.draft_vocab_size else None
 
     def vocab_logits(self, hidden: mx.array, head) -> mx.array:
         """The logits of the drafter's vocabulary [..., K] (the target's whole one where it has no

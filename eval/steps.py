@@ -100,14 +100,14 @@ def backbone(draft: DFlashDraftModel) -> DFlashDraftModel:
 
 
 def selector_sample(model: DFlashModel, block_size: int, context, cache) -> tuple:
-    """What the selector takes from one draft (its drafter output, logits and anchor), computed once."""
+    """What the selector takes from one draft (its drafter output, logits, anchor and vocabulary), computed once."""
     embedded = model.adapter.embed(mx.array([[7] + [model.draft.config.mask_token_id] * (block_size - 1)]))
     hidden = model.draft(embedded, context, cache)[:, 1:]
     for layer_cache in cache:
         layer_cache.trim(NEW_CONTEXT)
-    logits, _ = model.draft.finish_block(hidden, model.draft_head, mx.array([7]))
+    logits = model.draft.vocab_logits(hidden, model.draft_head)
     mx.eval(hidden, logits)
-    return hidden, logits, mx.array([7])
+    return hidden, logits, mx.array([7]), model.draft.vocab_token_ids
 
 
 def figures(times: dict) -> dict:

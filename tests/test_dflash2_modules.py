@@ -15,7 +15,7 @@ import dflash
 from dflash import DFlashError
 from dflash.dflash2 import CandidateSelector, DynamicConv
 from dflash.generate import generate
-from dflash.model import DraftLayer
+from dflash.model import DFlashDraftModel, DraftLayer
 from tests.helpers import (
     FLOAT32_EPS,
     assert_same_up_to_rounding,
@@ -118,6 +118,31 @@ def test_selector_path_is_its_definition():
             assert path[n, t] == previous
     # the pair term matters: the path is not the per-position argmax
     assert (path != np.argmax(U, axis=-1)).any()
+
+
+def test_the_best_block_of_a_draft_vocabulary_is_the_one_over_the_whole_vocabulary():
+    """finish_block finds the best block in the logits of the drafter's own vocabulary: the same
+    selector path and argmax as over the whole vocabulary's logits (-inf outside it)."""
+    mx.random.seed(6)
+    config = draft_config(target_config("llama"), conv_kernel_size=2, conv_group_size=16, selector_rank=4,
+                          selector_top_k=4, draft_vocab_size=40)  # fmt: skip
+    draft = DFlashDraftModel(config)
+    draft.draft_vocab = mx.array(np.sort(np.random.default_rng(6).choice(config.vocab_size, 40, replace=False)),
+                                 dtype=mx.int32)  # fmt: skip
+    selector = draft.candidate_selector
+    for name in ("predecessor_codebook", "successor_codebook"):  # pair terms large enough to matter
+        setattr(selector, name, 3 * getattr(selector, name))
+    rows = mx.random.normal((40, 64))
+    head = lambda h: h @ rows.T  # noqa: E731 (the head restricted to the draft vocabulary's rows)
+    hidden, anchors = mx.random.normal((3, 7, 64)), mx.array([1, 17, 300])
+    whole = np.full((3, 7, config.vocab_size), -np.inf, dtype=np.float32)
+    whole[..., np.array(draft.draft_vocab)] = np.array(head(hidden))
+    logits, path = draft.finish_block(hidden, head, anchors)
+    assert np.array_equal(np.array(logits), whole)
+    assert mx.array_equal(path, draft.candidate_selector(hidden, mx.array(whole), anchors))
+    _, argmax = draft.finish_block(hidden, head, anchors, selector=False)
+    assert np.array_equal(np.array(argmax), whole.argmax(-1))
+    assert not mx.array_equal(path, argmax)  # the selector chose otherwise somewhere
 
 
 # ---------------------------------------------------------------------------------------------

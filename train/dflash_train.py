@@ -179,8 +179,7 @@ def block_loss(draft, adapter, head, blocks, hidden, selector_weight: float = 1.
     correct = ((logits.argmax(-1) == blocks.vocab_labels) * (blocks.weights > 0)).sum()
     chose, chose_right = mx.array(0.0), mx.array(0)
     if draft.config.dflash2:
-        draft_vocab = draft.draft_vocab if draft.config.draft_vocab_size else None
-        chose, chose_right = selector_loss(draft.candidate_selector, out, logits, blocks, draft_vocab)
+        chose, chose_right = selector_loss(draft.candidate_selector, out, logits, blocks, draft.vocab_token_ids)
     return loss + selector_weight * chose, mx.stack([correct, chose, chose_right])
 
 
