@@ -152,8 +152,9 @@ class TableDrafter:
     def __call__(self, block, context, cache):
         return mx.array(self.rows[: block.shape[1], block[0, 0].item()])[None]
 
-    def finish_block(self, hidden, lm_head, anchors):
-        return lm_head(hidden), None  # no path selector
+    def finish_block(self, hidden, lm_head, anchors, selector=True):
+        logits = lm_head(hidden)
+        return logits, mx.argmax(logits, axis=-1)  # no path selector: the best block is the argmax
 
 
 def table_drafter(quality: str) -> TableDrafter:
